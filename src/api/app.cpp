@@ -1,0 +1,232 @@
+#include "api/app.hpp"
+
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "api/errors.hpp"
+#include "api/image_query.hpp"
+#include "api/playground.hpp"
+#include "core/text.hpp"
+#include "delivery/image_response.hpp"
+#include "storage/object_store.hpp"
+
+namespace pixelgate::api {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double elapsed_ms(Clock::time_point since) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - since).count();
+}
+
+std::string format_ms(double ms) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.2f", ms);
+  return text;
+}
+
+std::string server_timing(double resolve_ms, const generation::StageTimings& t, double total_ms) {
+  std::string out = "resolve;dur=" + format_ms(resolve_ms);
+  auto add = [&out](const char* name, double ms) {
+    if (ms > 0) out += std::string(", ") + name + ";dur=" + format_ms(ms);
+  };
+  add("queue", t.queue_ms);
+  add("lookup", t.lookup_ms);
+  add("generate", t.generate_ms);
+  add("validate", t.validate_ms);
+  add("store", t.store_ms);
+  out += ", total;dur=" + format_ms(total_ms);
+  return out;
+}
+
+http::Response to_http(delivery::ImageResponse&& image) {
+  http::Response response;
+  response.status = image.status;
+  response.headers.reserve(image.headers.size() + 6);
+  for (auto& [name, value] : image.headers) response.headers.push_back({std::move(name), std::move(value)});
+  response.body = std::move(image.body);
+  return response;
+}
+
+http::Response json_response(int status, const nlohmann::json& body) {
+  http::Response response;
+  response.status = status;
+  response.set_body(body.dump() + "\n", "application/json");
+  response.set_header("Cache-Control", "no-store");
+  return response;
+}
+
+http::Response method_not_allowed(const std::string& allowed) {
+  auto response = error_response({core::ErrorCode::MethodNotAllowed, "method not allowed; use " + allowed, {}, 0});
+  response.set_header("Allow", allowed);
+  return response;
+}
+
+std::string_view extension_for(const std::string& content_type) {
+  if (content_type == "image/png") return ".png";
+  if (content_type == "image/jpeg") return ".jpg";
+  if (content_type == "image/webp") return ".webp";
+  return "";
+}
+
+}  // namespace
+
+App::App(AppContext context) : context_(context) {}
+
+void App::handle(http::Request&& request, http::Responder responder) {
+  try {
+    const std::string& path = request.path;
+    const bool read_method = request.method == "GET" || request.method == "HEAD";
+
+    if (path == "/generate-image") {
+      if (!read_method) return responder.send(method_not_allowed("GET, HEAD"));
+      return handle_image(request, responder, {});
+    }
+    if (path.rfind("/v1/images/", 0) == 0 && path != "/v1/images/generations") {
+      if (!read_method) return responder.send(method_not_allowed("GET, HEAD"));
+      auto name = core::percent_decode(std::string_view(path).substr(11), false);
+      if (!name || name->empty() || name->find('/') != std::string::npos) {
+        return responder.send(error_response(core::Error::not_found("no such route: " + path)));
+      }
+      return handle_image(request, responder, *name);
+    }
+    if (path.rfind("/images/", 0) == 0) {
+      if (!read_method) return responder.send(method_not_allowed("GET, HEAD"));
+      return handle_stored_image(request, responder, std::string_view(path).substr(8));
+    }
+    if (path == "/v1/images/generations") {
+      if (request.method != "POST") return responder.send(method_not_allowed("POST"));
+      return handle_openai_generations(request, responder);
+    }
+    if (path == "/healthz") {
+      if (!read_method) return responder.send(method_not_allowed("GET, HEAD"));
+      return responder.send(json_response(200, {{"status", "ok"}}));
+    }
+    if (path == "/readyz") {
+      if (!read_method) return responder.send(method_not_allowed("GET, HEAD"));
+      return handle_ready(responder);
+    }
+    if (path == "/") {
+      if (!read_method) return responder.send(method_not_allowed("GET, HEAD"));
+      http::Response response;
+      response.set_body(std::string(playground_html()), "text/html; charset=utf-8");
+      response.set_header("Cache-Control", "no-cache");
+      return responder.send(std::move(response));
+    }
+    responder.send(error_response(core::Error::not_found("no such route: " + path)));
+  } catch (const std::exception& error) {
+    spdlog::error("api: request {} to {} failed with an exception: {}", request.request_id, request.path, error.what());
+    responder.send(error_response(core::Error::internal("internal error; the request id is " + request.request_id)));
+  }
+}
+
+void App::handle_image(const http::Request& request, http::Responder responder, std::string_view template_name) {
+  const auto started = Clock::now();
+  auto parsed = parse_image_query(request.query, template_name.empty());
+  if (!parsed) return responder.send(error_response(parsed.error()));
+  if (!template_name.empty()) parsed->template_name = std::string(template_name);
+
+  auto resolved = context_.resolver.resolve(*parsed);
+  if (!resolved) return responder.send(error_response(resolved.error()));
+  const double resolve_ms = elapsed_ms(started);
+
+  const bool random = resolved->spec.random_seed;
+  const auto policy = random ? delivery::CachePolicy::NoStore : delivery::CachePolicy::Immutable;
+  const std::string if_none_match(request.header("If-None-Match").value_or(""));
+  const bool placeholder = resolved->backend->is_placeholder();
+  const std::string key = resolved->key;
+
+  // The key fixes the bytes, so a client that holds this ETag already has
+  // them: answer 304 without touching the cache.
+  if (!random && !if_none_match.empty() &&
+      delivery::if_none_match_matches(if_none_match, delivery::etag_for_key(key))) {
+    http::Response response;
+    response.status = 304;
+    response.set_header("ETag", delivery::etag_for_key(key));
+    response.set_header("Cache-Control", "public, max-age=31536000, immutable");
+    response.set_header("X-Pixelgate-Cache", "hit");
+    return responder.send(std::move(response));
+  }
+
+  context_.images.fetch_or_generate(
+      *resolved, request.request_id,
+      [responder, policy, if_none_match, placeholder, resolve_ms, started, key](core::Result<generation::ImageOutcome> outcome) {
+        if (!outcome) return responder.send(error_response(outcome.error()));
+        auto response = to_http(delivery::build_image_response(*outcome->image, policy, if_none_match));
+        response.set_header("X-Pixelgate-Cache", std::string(generation::to_string(outcome->state)));
+        response.set_header("X-Pixelgate-Key", key);
+        response.set_header("Server-Timing", server_timing(resolve_ms, outcome->timings, elapsed_ms(started)));
+        if (outcome->state == generation::CacheState::Miss) {
+          char cost[32];
+          std::snprintf(cost, sizeof(cost), "%.6f", outcome->cost_usd);
+          response.set_header("X-Pixelgate-Cost-USD", cost);
+        }
+        if (placeholder) response.set_header("X-Pixelgate-Warning", "placeholder image, not AI-generated");
+        responder.send(std::move(response));
+      });
+}
+
+void App::handle_stored_image(const http::Request& request, http::Responder responder, std::string_view name) {
+  // Accept "<key>" and "<key>.<extension>"; the extension is for humans and
+  // file names, the content type comes from the bytes.
+  std::string key(name);
+  if (key.size() > 64 && key[64] == '.') {
+    const std::string extension = key.substr(65);
+    if (extension == "png" || extension == "jpg" || extension == "jpeg" || extension == "webp") key.resize(64);
+  }
+  if (!storage::is_valid_key(key)) {
+    return responder.send(error_response(core::Error::not_found("no image is stored under \"" + std::string(name) + "\"")));
+  }
+  const std::string if_none_match(request.header("If-None-Match").value_or(""));
+  context_.images.fetch_stored(key, [responder, if_none_match](core::Result<generation::ImageOutcome> outcome) {
+    if (!outcome) return responder.send(error_response(outcome.error()));
+    auto response =
+        to_http(delivery::build_image_response(*outcome->image, delivery::CachePolicy::Immutable, if_none_match));
+    response.set_header("X-Pixelgate-Cache", "hit");
+    responder.send(std::move(response));
+  });
+}
+
+void App::handle_ready(http::Responder responder) {
+  auto& store = context_.store;
+  const std::size_t backend_count = context_.backends.size();
+  const bool submitted = context_.workers.try_submit([&store, backend_count, responder] {
+    auto writable = store.check_writable();
+    nlohmann::json body = {{"storage", store.describe()}, {"backends", backend_count}};
+    if (!writable) {
+      spdlog::warn("readyz: not ready: {}", writable.error().message);
+      body["status"] = "not ready";
+      body["reason"] = writable.error().message;
+      auto response = json_response(503, body);
+      response.set_header("Retry-After", "5");
+      return responder.send(std::move(response));
+    }
+    if (backend_count == 0) {
+      body["status"] = "not ready";
+      body["reason"] = "no backend is configured";
+      return responder.send(json_response(503, body));
+    }
+    body["status"] = "ready";
+    responder.send(json_response(200, body));
+  });
+  if (!submitted) responder.send(error_response(core::Error::unavailable("the worker queue is full", 1)));
+}
+
+std::string App::image_url(std::string_view host_header, const std::string& key,
+                           const std::string& content_type) const {
+  std::string base = context_.config.server.public_base_url;
+  if (base.empty()) {
+    const std::string host(host_header);
+    bool host_ok = !host.empty() && host.size() < 256;
+    for (char c : host) {
+      host_ok = host_ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == ':' ||
+                            c == '[' || c == ']');
+    }
+    base = "http://" + (host_ok ? host : context_.config.server.host + ":" + std::to_string(context_.config.server.port));
+  }
+  return base + "/images/" + key + std::string(extension_for(content_type));
+}
+
+}  // namespace pixelgate::api

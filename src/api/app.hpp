@@ -1,0 +1,46 @@
+// The HTTP endpoints: the only place that knows URLs and JSON shapes.
+#pragma once
+
+#include <string>
+
+#include "config/config.hpp"
+#include "core/worker_pool.hpp"
+#include "generation/image_service.hpp"
+#include "generation/resolver.hpp"
+#include "http/message.hpp"
+#include "storage/object_store.hpp"
+
+namespace pixelgate::api {
+
+struct AppContext {
+  const config::Config& config;
+  const generation::BackendMap& backends;
+  const generation::Resolver& resolver;
+  generation::ImageService& images;
+  storage::ObjectStore& store;
+  core::WorkerPool& workers;
+};
+
+// Thread-safety: handle() runs concurrently on every event-loop thread; the
+// App keeps no mutable state of its own.
+class App {
+ public:
+  explicit App(AppContext context);
+
+  // Routes one request. Never throws; every failure becomes an error response.
+  void handle(http::Request&& request, http::Responder responder);
+
+ private:
+  void handle_image(const http::Request& request, http::Responder responder, std::string_view template_name);
+  void handle_stored_image(const http::Request& request, http::Responder responder, std::string_view name);
+  void handle_openai_generations(const http::Request& request, http::Responder responder);
+  void handle_ready(http::Responder responder);
+
+  // Returns the absolute URL of a stored image for JSON answers: under
+  // server.public_base_url, or else under the request's Host header.
+  std::string image_url(std::string_view host_header, const std::string& key, const std::string& content_type) const;
+
+  AppContext context_;
+};
+
+}  // namespace pixelgate::api

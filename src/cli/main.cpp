@@ -1,0 +1,309 @@
+// pixelgate: AI images by URL. Subcommands: serve, generate, config check.
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <future>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <set>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "api/app.hpp"
+#include "cli/runtime.hpp"
+#include "http/server.hpp"
+#include "observability/logging.hpp"
+
+namespace {
+
+using namespace pixelgate;
+
+constexpr const char* kUsage = R"(pixelgate - AI images by URL
+
+Usage:
+  pixelgate serve [--config FILE]
+      Start the HTTP server (default 127.0.0.1:8080, images under ./data).
+  pixelgate generate PROMPT -o FILE [--config FILE] [--template NAME]
+                     [--width N] [--height N] [--seed N|random]
+      Generate one image through the same pipeline and cache, and write it to FILE.
+  pixelgate config check [FILE]
+      Load and validate a configuration, print a summary, exit 0 when valid.
+  pixelgate version
+  pixelgate help
+
+Without --config, PIXELGATE_CONFIG names the file; with neither, embedded
+defaults apply. PIXELGATE_<SECTION>_<KEY> variables override single settings,
+for example PIXELGATE_SERVER_PORT=9000. See docs/configuration.md.
+)";
+
+// Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+constexpr int kExitFailure = 1;
+constexpr int kExitUsage = 2;
+
+struct Arguments {
+  std::vector<std::string> positional;
+  std::map<std::string, std::string> options;
+};
+
+// Parses "--name value", "--name=value" and "-o value". Returns an error
+// message for an option missing its value or one not in `known`.
+std::optional<std::string> parse_arguments(int argc, char** argv, int first, const std::set<std::string>& known,
+                                           Arguments& out) {
+  for (int i = first; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg.rfind("--", 0) == 0 || arg == "-o") {
+      std::string name = arg == "-o" ? "--output" : arg;
+      std::string value;
+      const std::size_t eq = name.find('=');
+      if (eq != std::string::npos) {
+        value = name.substr(eq + 1);
+        name = name.substr(0, eq);
+      } else {
+        if (i + 1 >= argc) return "option " + name + " needs a value";
+        value = argv[++i];
+      }
+      if (!known.count(name)) return "unknown option " + name;
+      out.options[name] = value;
+    } else {
+      out.positional.push_back(arg);
+    }
+  }
+  return std::nullopt;
+}
+
+std::string config_path(const Arguments& args) {
+  if (auto it = args.options.find("--config"); it != args.options.end()) return it->second;
+  if (const char* env = std::getenv("PIXELGATE_CONFIG")) return env;
+  return {};
+}
+
+std::string format_access_record(const http::AccessRecord& record) {
+  nlohmann::json fields = {{"request_id", record.request->request_id},
+                           {"method", record.request->method},
+                           {"path", record.request->path},
+                           {"status", record.status},
+                           {"bytes", record.body_bytes},
+                           {"duration_ms", std::round(record.duration_ms * 100) / 100},
+                           {"remote", record.request->remote_address}};
+  if (!record.cache_state.empty()) fields["cache"] = record.cache_state;
+  return fields.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+int run_serve(const Arguments& args) {
+  auto config = cli::load_config(config_path(args));
+  if (!config) {
+    std::fprintf(stderr, "pixelgate: %s\n", config.error().message.c_str());
+    return kExitUsage;
+  }
+  observability::setup_logging(config->logging.level, config->logging.format);
+
+  // Block the stop signals in every thread; one thread waits for them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  auto runtime = cli::build_runtime(std::move(config).value());
+  if (!runtime) {
+    spdlog::error("start-up failed: {}", runtime.error().message);
+    return kExitUsage;
+  }
+  cli::Runtime& rt = **runtime;
+  const auto& server_config = rt.config.server;
+
+  api::App app({rt.config, rt.backends, *rt.resolver, *rt.images, *rt.store, *rt.workers});
+  http::ServerOptions options;
+  options.host = server_config.host;
+  options.port = server_config.port;
+  options.threads = server_config.threads > 0 ? server_config.threads
+                                              : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  options.max_connections = server_config.max_connections;
+  options.header_limit_bytes = static_cast<std::uint64_t>(server_config.header_limit_bytes);
+  options.body_limit_bytes = static_cast<std::uint64_t>(server_config.body_limit_bytes);
+  options.header_timeout_ms = server_config.header_timeout_ms;
+  options.idle_timeout_ms = server_config.idle_timeout_ms;
+  options.write_timeout_ms = server_config.write_timeout_ms;
+
+  http::AccessLogger access_logger;
+  if (rt.config.logging.access_log) {
+    access_logger = [](const http::AccessRecord& record) {
+      // Health probes come every few seconds and say nothing new.
+      if (record.request->path == "/healthz" || record.request->path == "/readyz") return;
+      observability::log_access(format_access_record(record));
+    };
+  }
+  http::Server server(options, [&app](http::Request&& request, http::Responder responder) {
+    app.handle(std::move(request), std::move(responder));
+  }, access_logger);
+  if (auto status = server.start(); !status) {
+    spdlog::error("start-up failed: {}", status.error().message);
+    return kExitFailure;
+  }
+
+  std::thread signal_thread([&server, &stop_signals, grace = server_config.shutdown_grace_ms] {
+    int signal_number = 0;
+    sigwait(&stop_signals, &signal_number);
+    spdlog::info("received {}; stopping: no new connections, finishing requests in progress (up to {} ms)",
+                 signal_number == SIGTERM ? "SIGTERM" : "SIGINT", grace);
+    server.shutdown(grace);
+  });
+
+  spdlog::info("pixelgate {} listening on http://{}:{} ({} threads, storage {}, default backend {})",
+               PIXELGATE_VERSION, server_config.host, server.port(), options.threads, rt.store->describe(),
+               rt.config.default_backend);
+  // Tests and scripts that use port 0 read the bound port from this line.
+  std::fprintf(stdout, "{\"listening\":{\"host\":\"%s\",\"port\":%d}}\n", server_config.host.c_str(), server.port());
+  std::fflush(stdout);
+
+  server.run();
+
+  // Generations whose clients have left are still paid for: let them finish.
+  const std::size_t unfinished = rt.images->drain(std::chrono::milliseconds(server_config.shutdown_grace_ms));
+  if (unfinished > 0) spdlog::warn("stopping with {} generations still in flight", unfinished);
+  rt.workers->stop();
+  pthread_kill(signal_thread.native_handle(), SIGTERM);
+  signal_thread.join();
+  spdlog::info("pixelgate stopped");
+  return 0;
+}
+
+int run_generate(const Arguments& args) {
+  if (args.positional.size() != 1) {
+    std::fprintf(stderr, "pixelgate generate: give exactly one PROMPT (quote it)\n");
+    return kExitUsage;
+  }
+  const auto output = args.options.find("--output");
+  if (output == args.options.end()) {
+    std::fprintf(stderr, "pixelgate generate: -o FILE is required\n");
+    return kExitUsage;
+  }
+  auto config = cli::load_config(config_path(args));
+  if (!config) {
+    std::fprintf(stderr, "pixelgate: %s\n", config.error().message.c_str());
+    return kExitUsage;
+  }
+  observability::setup_logging(config->logging.level == "info" ? "warn" : config->logging.level, "text");
+  auto runtime = cli::build_runtime(std::move(config).value());
+  if (!runtime) {
+    std::fprintf(stderr, "pixelgate: %s\n", runtime.error().message.c_str());
+    return kExitUsage;
+  }
+  cli::Runtime& rt = **runtime;
+
+  generation::ImageRequest request;
+  request.prompt = args.positional[0];
+  if (auto it = args.options.find("--template"); it != args.options.end()) request.template_name = it->second;
+  try {
+    if (auto it = args.options.find("--width"); it != args.options.end()) request.width = std::stoi(it->second);
+    if (auto it = args.options.find("--height"); it != args.options.end()) request.height = std::stoi(it->second);
+    if (auto it = args.options.find("--seed"); it != args.options.end()) {
+      if (it->second == "random") {
+        request.random_seed = true;
+      } else {
+        request.seed = std::stoull(it->second);
+      }
+    }
+  } catch (const std::exception&) {
+    std::fprintf(stderr, "pixelgate generate: --width, --height and --seed take whole numbers\n");
+    return kExitUsage;
+  }
+
+  auto resolved = rt.resolver->resolve(request);
+  if (!resolved) {
+    std::fprintf(stderr, "pixelgate generate: %s\n", resolved.error().message.c_str());
+    return kExitUsage;
+  }
+  std::promise<core::Result<generation::ImageOutcome>> promise;
+  auto future = promise.get_future();
+  rt.images->fetch_or_generate(*resolved, "cli", [&promise](core::Result<generation::ImageOutcome> outcome) {
+    promise.set_value(std::move(outcome));
+  });
+  auto outcome = future.get();
+  if (!outcome) {
+    std::fprintf(stderr, "pixelgate generate: %s\n", outcome.error().message.c_str());
+    return kExitFailure;
+  }
+
+  const std::string path = output->second;
+  const std::string temporary = path + ".tmp";
+  {
+    std::ofstream file(temporary, std::ios::binary | std::ios::trunc);
+    file.write(outcome->image->bytes->data(), static_cast<std::streamsize>(outcome->image->bytes->size()));
+    if (!file.good()) {
+      std::fprintf(stderr, "pixelgate generate: cannot write %s\n", temporary.c_str());
+      return kExitFailure;
+    }
+  }
+  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+    std::fprintf(stderr, "pixelgate generate: cannot rename %s to %s\n", temporary.c_str(), path.c_str());
+    return kExitFailure;
+  }
+  std::fprintf(stderr, "wrote %s (%zu bytes, %s, key %s, cache %s, backend %s)\n", path.c_str(),
+               outcome->image->bytes->size(), outcome->image->content_type.c_str(), resolved->key.c_str(),
+               std::string(generation::to_string(outcome->state)).c_str(), resolved->spec.backend.c_str());
+  return 0;
+}
+
+int run_config_check(const Arguments& args) {
+  std::string path = args.positional.size() > 1 ? args.positional[1] : config_path(args);
+  auto config = cli::load_config(path);
+  if (!config) {
+    std::fprintf(stderr, "%s\n", config.error().message.c_str());
+    return kExitUsage;
+  }
+  for (const auto& [name, backend] : config->backends) {
+    if (backend.type == "openai" && backend.api_key.empty()) {
+      std::fprintf(stderr, "invalid configuration: backends.%s.api_key_env: the environment variable %s is not set\n",
+                   name.c_str(), backend.api_key.env_name.c_str());
+      return kExitUsage;
+    }
+  }
+  std::printf("configuration OK (%s): %zu backends, default \"%s\"; %zu templates; listening on %s:%d; storage %s\n",
+              path.empty() ? "embedded defaults" : path.c_str(), config->backends.size(),
+              config->default_backend.c_str(), config->templates.size(), config->server.host.c_str(),
+              config->server.port, config->storage.path.c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fputs(kUsage, stderr);
+    return kExitUsage;
+  }
+  const std::string command = argv[1];
+  if (command == "help" || command == "--help" || command == "-h") {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (command == "version" || command == "--version") {
+    std::printf("pixelgate %s\n", PIXELGATE_VERSION);
+    return 0;
+  }
+
+  Arguments args;
+  std::set<std::string> known = {"--config"};
+  if (command == "generate") known.insert({"--output", "--template", "--width", "--height", "--seed"});
+  if (auto error = parse_arguments(argc, argv, 2, known, args)) {
+    std::fprintf(stderr, "pixelgate %s: %s\n", command.c_str(), error->c_str());
+    return kExitUsage;
+  }
+
+  try {
+    if (command == "serve") return run_serve(args);
+    if (command == "generate") return run_generate(args);
+    if (command == "config" && !args.positional.empty() && args.positional[0] == "check") return run_config_check(args);
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "pixelgate %s: unexpected error: %s\n", command.c_str(), error.what());
+    return kExitFailure;
+  }
+  std::fprintf(stderr, "pixelgate: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
+  return kExitUsage;
+}

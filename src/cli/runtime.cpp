@@ -1,0 +1,57 @@
+#include "cli/runtime.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include "backends/http_client.hpp"
+#include "imaging/image.hpp"
+#include "storage/disk_store.hpp"
+
+namespace pixelgate::cli {
+
+Runtime::~Runtime() {
+  // Workers go first: their tasks use the service, store and backends.
+  if (workers) workers->stop();
+}
+
+core::Result<config::Config> load_config(const std::string& path) {
+  return config::load_file(path, config::process_environment());
+}
+
+core::Result<std::unique_ptr<Runtime>> build_runtime(config::Config config) {
+  if (auto status = imaging::initialize(); !status) return std::move(status).error();
+  backends::initialize_http_client();
+
+  auto runtime = std::make_unique<Runtime>();
+  runtime->config = std::move(config);
+  const config::Config& cfg = runtime->config;
+
+  for (const auto& [name, backend_config] : cfg.backends) {
+    auto backend = backends::make_backend(backend_config);
+    if (!backend) return std::move(backend).error();
+    if ((*backend)->is_placeholder()) {
+      spdlog::warn("backend {}: PLACEHOLDER backend in use: it draws cards showing the prompt and is NOT AI. "
+                   "Configure an AI backend (see docs/configuration.md) for real images.",
+                   name);
+    }
+    runtime->backends.emplace(name, std::move(backend).value());
+  }
+
+  auto store = storage::DiskStore::open(cfg.storage.path);
+  if (!store) return std::move(store).error();
+  runtime->store = std::move(store).value();
+  runtime->hot_cache = std::make_unique<storage::HotCache>(static_cast<std::size_t>(cfg.storage.hot_cache_bytes),
+                                                           static_cast<std::size_t>(cfg.storage.hot_cache_max_object_bytes));
+  runtime->workers = std::make_unique<core::WorkerPool>(static_cast<std::size_t>(cfg.limits.workers),
+                                                        static_cast<std::size_t>(cfg.limits.queue_size));
+  runtime->resolver = std::make_unique<generation::Resolver>(runtime->config, runtime->backends);
+
+  generation::ImageServiceOptions options;
+  options.generation_timeout = std::chrono::milliseconds(cfg.limits.generation_timeout_ms);
+  options.probe_limits.max_bytes = static_cast<std::size_t>(cfg.limits.max_image_bytes);
+  options.probe_limits.max_dimension = std::max(cfg.limits.max_dimension, 1);
+  runtime->images =
+      std::make_unique<generation::ImageService>(*runtime->store, *runtime->hot_cache, *runtime->workers, options);
+  return runtime;
+}
+
+}  // namespace pixelgate::cli

@@ -1,0 +1,37 @@
+// The objects one pixelgate process needs to generate and serve images,
+// built from a configuration, shared by `serve` and `generate`.
+#pragma once
+
+#include <memory>
+
+#include "config/config.hpp"
+#include "core/worker_pool.hpp"
+#include "generation/image_service.hpp"
+#include "generation/resolver.hpp"
+#include "storage/hot_cache.hpp"
+#include "storage/object_store.hpp"
+
+namespace pixelgate::cli {
+
+// Ownership: the Runtime owns everything; members are declared in the order
+// they depend on each other, so destruction runs in reverse.
+struct Runtime {
+  config::Config config;
+  generation::BackendMap backends;
+  std::unique_ptr<storage::ObjectStore> store;
+  std::unique_ptr<storage::HotCache> hot_cache;
+  std::unique_ptr<core::WorkerPool> workers;
+  std::unique_ptr<generation::Resolver> resolver;
+  std::unique_ptr<generation::ImageService> images;
+
+  ~Runtime();
+};
+
+// Starts libraries, backends, storage and workers. Errors name the setting.
+core::Result<std::unique_ptr<Runtime>> build_runtime(config::Config config);
+
+// Loads the configuration from --config PATH (or PIXELGATE_CONFIG) and the
+// environment; an empty path means embedded defaults.
+core::Result<config::Config> load_config(const std::string& path);
+
+}  // namespace pixelgate::cli

@@ -1,0 +1,492 @@
+#include "config/config.hpp"
+
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <functional>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <toml++/toml.h>
+
+#include "core/text.hpp"
+
+extern char** environ;
+
+namespace pixelgate::config {
+namespace {
+
+constexpr std::string_view kEnvPrefix = "PIXELGATE_";
+// Sections whose scalar keys can be set from the environment.
+const std::set<std::string> kEnvSections = {"server", "storage", "limits", "logging"};
+
+std::string env_name_for(const std::string& section, const std::string& key) {
+  std::string name(kEnvPrefix);
+  for (char c : section + "_" + key) name.push_back(static_cast<char>(std::toupper(static_cast<unsigned char>(c))));
+  return name;
+}
+
+// Reads the keys of one TOML table into typed fields, records every problem
+// with its full key path, and reports keys that nobody read as unknown.
+class TableReader {
+ public:
+  TableReader(const toml::table* table, std::string path, std::vector<std::string>& errors,
+              const Environment* env_overrides = nullptr, std::set<std::string>* used_env = nullptr)
+      : table_(table), path_(std::move(path)), errors_(errors), env_(env_overrides), used_env_(used_env) {}
+
+  void read_int(const std::string& key, int& out, std::int64_t min, std::int64_t max) {
+    std::int64_t wide = out;
+    read_int64(key, wide, min, max);
+    out = static_cast<int>(wide);
+  }
+
+  void read_int64(const std::string& key, std::int64_t& out, std::int64_t min, std::int64_t max) {
+    std::int64_t value = out;
+    if (auto text = env_value(key)) {
+      const auto* end = text->data() + text->size();
+      auto [ptr, ec] = std::from_chars(text->data(), end, value);
+      if (ec != std::errc{} || ptr != end) {
+        error(key, "must be an integer, got \"" + *text + "\" from " + env_name(key));
+        return;
+      }
+    } else if (const toml::node* node = find(key)) {
+      if (!node->is_integer()) {
+        error(key, std::string("must be an integer, got ") + type_name(*node));
+        return;
+      }
+      value = node->as_integer()->get();
+    } else {
+      return;
+    }
+    if (value < min || value > max) {
+      error(key, "must be between " + std::to_string(min) + " and " + std::to_string(max) + ", got " +
+                     std::to_string(value));
+      return;
+    }
+    out = value;
+  }
+
+  void read_double(const std::string& key, double& out, double min, double max) {
+    double value = out;
+    if (auto text = env_value(key)) {
+      try {
+        std::size_t used = 0;
+        value = std::stod(*text, &used);
+        if (used != text->size()) throw std::invalid_argument(*text);
+      } catch (const std::exception&) {
+        error(key, "must be a number, got \"" + *text + "\" from " + env_name(key));
+        return;
+      }
+    } else if (const toml::node* node = find(key)) {
+      if (node->is_integer()) {
+        value = static_cast<double>(node->as_integer()->get());
+      } else if (node->is_floating_point()) {
+        value = node->as_floating_point()->get();
+      } else {
+        error(key, std::string("must be a number, got ") + type_name(*node));
+        return;
+      }
+    } else {
+      return;
+    }
+    if (!(value >= min && value <= max)) {
+      std::ostringstream message;
+      message << "must be between " << min << " and " << max << ", got " << value;
+      error(key, message.str());
+      return;
+    }
+    out = value;
+  }
+
+  void read_bool(const std::string& key, bool& out) {
+    if (auto text = env_value(key)) {
+      if (*text == "true" || *text == "1") {
+        out = true;
+      } else if (*text == "false" || *text == "0") {
+        out = false;
+      } else {
+        error(key, "must be true or false, got \"" + *text + "\" from " + env_name(key));
+      }
+    } else if (const toml::node* node = find(key)) {
+      if (!node->is_boolean()) {
+        error(key, std::string("must be true or false, got ") + type_name(*node));
+        return;
+      }
+      out = node->as_boolean()->get();
+    }
+  }
+
+  void read_string(const std::string& key, std::string& out, const std::set<std::string>& allowed = {}) {
+    std::string value = out;
+    if (auto text = env_value(key)) {
+      value = *text;
+    } else if (const toml::node* node = find(key)) {
+      if (!node->is_string()) {
+        error(key, std::string("must be a string, got ") + type_name(*node));
+        return;
+      }
+      value = node->as_string()->get();
+    } else {
+      return;
+    }
+    if (!allowed.empty() && !allowed.count(value)) {
+      std::string choices;
+      for (const auto& choice : allowed) choices += (choices.empty() ? "" : ", ") + ("\"" + choice + "\"");
+      error(key, "must be one of " + choices + ", got \"" + value + "\"");
+      return;
+    }
+    out = value;
+  }
+
+  // Reads the name of an environment variable and its value into `secret`.
+  void read_secret_env(const std::string& key, Secret& secret, const Environment& process_env) {
+    std::string name = secret.env_name;
+    read_string(key, name);
+    if (name.empty()) return;
+    secret.env_name = name;
+    auto it = process_env.find(name);
+    secret.value = it == process_env.end() ? std::string{} : it->second;
+  }
+
+  // Reports every key of the table that no read_* call asked for.
+  void finish() {
+    if (!table_) return;
+    for (const auto& [key, node] : *table_) {
+      const std::string name(key.str());
+      if (!read_keys_.count(name)) {
+        errors_.push_back(path_ + "." + name + ": unknown key" + source_of(node));
+      }
+    }
+  }
+
+  void error(const std::string& key, const std::string& reason) {
+    std::string where;
+    if (const toml::node* node = table_ ? table_->get(key) : nullptr) where = source_of(*node);
+    errors_.push_back(path_ + "." + key + ": " + reason + where);
+  }
+
+ private:
+  const toml::node* find(const std::string& key) {
+    read_keys_.insert(key);
+    return table_ ? table_->get(key) : nullptr;
+  }
+
+  std::string env_name(const std::string& key) const {
+    return env_name_for(path_, key);
+  }
+
+  std::optional<std::string> env_value(const std::string& key) {
+    read_keys_.insert(key);
+    if (!env_) return std::nullopt;
+    auto it = env_->find(env_name(key));
+    if (it == env_->end()) return std::nullopt;
+    if (used_env_) used_env_->insert(it->first);
+    return it->second;
+  }
+
+  static std::string type_name(const toml::node& node) {
+    switch (node.type()) {
+      case toml::node_type::string: return "a string";
+      case toml::node_type::integer: return "an integer";
+      case toml::node_type::floating_point: return "a number";
+      case toml::node_type::boolean: return "a boolean";
+      case toml::node_type::table: return "a table";
+      case toml::node_type::array: return "an array";
+      default: return "a date or time";
+    }
+  }
+
+  static std::string source_of(const toml::node& node) {
+    const auto& source = node.source();
+    if (!source.begin) return {};
+    return " (line " + std::to_string(source.begin.line) + ")";
+  }
+
+  const toml::table* table_;
+  std::string path_;
+  std::vector<std::string>& errors_;
+  const Environment* env_;
+  std::set<std::string>* used_env_;
+  std::set<std::string> read_keys_;
+};
+
+const toml::table* sub_table(const toml::table& root, const std::string& key, std::vector<std::string>& errors) {
+  const toml::node* node = root.get(key);
+  if (!node) return nullptr;
+  if (!node->is_table()) {
+    errors.push_back(key + ": must be a table");
+    return nullptr;
+  }
+  return node->as_table();
+}
+
+void read_server(TableReader& reader, ServerConfig& server) {
+  reader.read_string("host", server.host);
+  reader.read_int("port", server.port, 0, 65535);
+  reader.read_int("threads", server.threads, 0, 256);
+  reader.read_int("max_connections", server.max_connections, 1, 1'000'000);
+  reader.read_int64("header_limit_bytes", server.header_limit_bytes, 1024, 1024 * 1024);
+  reader.read_int64("body_limit_bytes", server.body_limit_bytes, 0, 64LL * 1024 * 1024);
+  reader.read_int("header_timeout_ms", server.header_timeout_ms, 100, 600'000);
+  reader.read_int("idle_timeout_ms", server.idle_timeout_ms, 100, 3'600'000);
+  reader.read_int("write_timeout_ms", server.write_timeout_ms, 100, 3'600'000);
+  reader.read_int("shutdown_grace_ms", server.shutdown_grace_ms, 0, 3'600'000);
+  reader.read_string("public_base_url", server.public_base_url);
+  if (!server.public_base_url.empty()) {
+    const auto& url = server.public_base_url;
+    if (url.rfind("http://", 0) != 0 && url.rfind("https://", 0) != 0) {
+      reader.error("public_base_url", "must start with http:// or https://, got \"" + url + "\"");
+    }
+    while (!server.public_base_url.empty() && server.public_base_url.back() == '/') server.public_base_url.pop_back();
+  }
+}
+
+void read_storage(TableReader& reader, StorageConfig& storage) {
+  reader.read_string("kind", storage.kind, {"disk"});
+  reader.read_string("path", storage.path);
+  if (storage.path.empty()) reader.error("path", "must not be empty");
+  reader.read_int64("hot_cache_bytes", storage.hot_cache_bytes, 0, 1LL << 40);
+  reader.read_int64("hot_cache_max_object_bytes", storage.hot_cache_max_object_bytes, 0, 1LL << 32);
+}
+
+void read_limits(TableReader& reader, LimitsConfig& limits) {
+  reader.read_int("workers", limits.workers, 1, 1024);
+  reader.read_int("queue_size", limits.queue_size, 1, 1'000'000);
+  reader.read_int("max_prompt_chars", limits.max_prompt_chars, 1, 100'000);
+  reader.read_int("max_prompt_bytes", limits.max_prompt_bytes, 4, 400'000);
+  reader.read_int("min_dimension", limits.min_dimension, 16, 16384);
+  reader.read_int("max_dimension", limits.max_dimension, 16, 16384);
+  reader.read_int("generation_timeout_ms", limits.generation_timeout_ms, 1000, 3'600'000);
+  reader.read_int64("max_image_bytes", limits.max_image_bytes, 1024, 1LL << 30);
+  reader.read_int("max_batch", limits.max_batch, 1, 10);
+  if (limits.min_dimension > limits.max_dimension) {
+    reader.error("min_dimension", "must not be larger than limits.max_dimension (" +
+                                      std::to_string(limits.max_dimension) + ")");
+  }
+}
+
+void read_logging(TableReader& reader, LoggingConfig& logging) {
+  reader.read_string("level", logging.level, {"trace", "debug", "info", "warn", "error", "off"});
+  reader.read_string("format", logging.format, {"json", "text"});
+  reader.read_bool("access_log", logging.access_log);
+}
+
+void read_backend(TableReader& reader, BackendConfig& backend, const Environment& env) {
+  reader.read_string("type", backend.type, {"openai", "placeholder"});
+  reader.read_string("model", backend.model);
+  reader.read_string("base_url", backend.base_url);
+  reader.read_secret_env("api_key_env", backend.api_key, env);
+  reader.read_string("quality", backend.quality);
+  reader.read_string("style", backend.style);
+  reader.read_int("connect_timeout_ms", backend.connect_timeout_ms, 100, 600'000);
+  reader.read_int("timeout_ms", backend.timeout_ms, 100, 3'600'000);
+  reader.read_int("max_retries", backend.max_retries, 0, 10);
+  reader.read_int("retry_base_delay_ms", backend.retry_base_delay_ms, 0, 600'000);
+  reader.read_int("retry_max_delay_ms", backend.retry_max_delay_ms, 0, 3'600'000);
+  reader.read_int("download_timeout_ms", backend.download_timeout_ms, 100, 3'600'000);
+}
+
+void validate_backend(TableReader& reader, BackendConfig& backend) {
+  if (backend.type.empty()) {
+    reader.error("type", "missing; set \"openai\" or \"placeholder\"");
+    return;
+  }
+  if (backend.type != "openai") return;
+
+  if (backend.base_url.empty()) {
+    reader.error("base_url", "missing; set the API's base URL, e.g. \"https://api.openai.com/v1\"");
+  } else if (backend.base_url.rfind("http://", 0) != 0 && backend.base_url.rfind("https://", 0) != 0) {
+    reader.error("base_url", "must start with http:// or https://, got \"" + backend.base_url + "\"");
+  }
+  while (!backend.base_url.empty() && backend.base_url.back() == '/') backend.base_url.pop_back();
+  if (backend.model.empty()) backend.model = "gpt-image-2";
+  if (backend.api_key.env_name.empty()) backend.api_key.env_name = "OPENAI_API_KEY";
+}
+
+void read_template(TableReader& reader, TemplateConfig& tmpl) {
+  reader.read_string("prompt", tmpl.prompt);
+  reader.read_string("style", tmpl.style);
+  reader.read_string("negative_prompt", tmpl.negative_prompt);
+  reader.read_string("backend", tmpl.backend);
+  reader.read_string("model", tmpl.model);
+  reader.read_int("width", tmpl.width, 16, 16384);
+  reader.read_int("height", tmpl.height, 16, 16384);
+  reader.read_int("steps", tmpl.steps, 0, 500);
+  reader.read_double("guidance", tmpl.guidance, 0.0, 100.0);
+  reader.read_string("sampler", tmpl.sampler);
+  reader.read_string("version", tmpl.version);
+  if (tmpl.prompt.find("{prompt}") == std::string::npos) {
+    reader.error("prompt", "must contain {prompt}, got \"" + tmpl.prompt + "\"");
+  }
+  if (tmpl.version.empty()) reader.error("version", "must not be empty");
+}
+
+bool is_valid_name(const std::string& name) {
+  if (name.empty() || name.size() > 64) return false;
+  for (char c : name) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_')) return false;
+  }
+  return true;
+}
+
+// Picks the default backend when the file configures none: openai when both
+// OPENAI_API_KEY and OPENAI_BASE_URL are set, the placeholder otherwise.
+void add_default_backend(Config& config, const Environment& env) {
+  auto key = env.find("OPENAI_API_KEY");
+  auto base = env.find("OPENAI_BASE_URL");
+  if (key != env.end() && !key->second.empty() && base != env.end() && !base->second.empty()) {
+    BackendConfig openai;
+    openai.name = "openai";
+    openai.type = "openai";
+    openai.base_url = base->second;
+    while (!openai.base_url.empty() && openai.base_url.back() == '/') openai.base_url.pop_back();
+    openai.model = "gpt-image-2";
+    openai.api_key = {"OPENAI_API_KEY", key->second};
+    config.backends.emplace("openai", openai);
+    config.default_backend = "openai";
+    return;
+  }
+  BackendConfig placeholder;
+  placeholder.name = "placeholder";
+  placeholder.type = "placeholder";
+  placeholder.model = "placeholder-v1";
+  config.backends.emplace("placeholder", placeholder);
+  config.default_backend = "placeholder";
+  config.placeholder_by_default = true;
+}
+
+void read_named_tables(const toml::table& root, const std::string& section, std::vector<std::string>& errors,
+                       const std::function<void(const std::string&, TableReader&)>& read_one) {
+  const toml::table* tables = sub_table(root, section, errors);
+  if (!tables) return;
+  for (const auto& [key, node] : *tables) {
+    const std::string name(key.str());
+    const std::string path = section + "." + name;
+    if (!is_valid_name(name)) {
+      errors.push_back(path + ": invalid name; use 1 to 64 letters, digits, '-' or '_'");
+      continue;
+    }
+    if (!node.is_table()) {
+      errors.push_back(path + ": must be a table");
+      continue;
+    }
+    TableReader reader(node.as_table(), path, errors);
+    read_one(name, reader);
+    reader.finish();
+  }
+}
+
+}  // namespace
+
+Environment process_environment() {
+  Environment env;
+  for (char** entry = environ; entry && *entry; ++entry) {
+    std::string_view text(*entry);
+    const std::size_t eq = text.find('=');
+    if (eq == std::string_view::npos) continue;
+    env.emplace(std::string(text.substr(0, eq)), std::string(text.substr(eq + 1)));
+  }
+  return env;
+}
+
+core::Result<Config> load_from_string(const std::string& toml_text, const std::string& source_name,
+                                      const Environment& env) {
+  toml::table root;
+  try {
+    root = toml::parse(toml_text, source_name);
+  } catch (const toml::parse_error& error) {
+    const auto& where = error.source().begin;
+    return core::Error::invalid(source_name + ":" + std::to_string(where.line) + ":" + std::to_string(where.column) +
+                                ": invalid TOML: " + std::string(error.description()));
+  }
+
+  Config config;
+  std::vector<std::string> errors;
+  std::set<std::string> used_env;
+
+  const std::set<std::string> known_sections = {"server", "storage", "limits", "logging", "backends", "templates",
+                                                "default_backend"};
+  for (const auto& [key, node] : root) {
+    if (!known_sections.count(std::string(key.str()))) errors.push_back(std::string(key.str()) + ": unknown key");
+  }
+  if (const toml::node* node = root.get("default_backend")) {
+    if (node->is_string()) {
+      config.default_backend = node->as_string()->get();
+    } else {
+      errors.push_back("default_backend: must be a string");
+    }
+  }
+
+  auto read_section = [&](const std::string& name, auto&& read) {
+    TableReader reader(sub_table(root, name, errors), name, errors, &env, &used_env);
+    read(reader);
+    reader.finish();
+  };
+  read_section("server", [&](TableReader& r) { read_server(r, config.server); });
+  read_section("storage", [&](TableReader& r) { read_storage(r, config.storage); });
+  read_section("limits", [&](TableReader& r) { read_limits(r, config.limits); });
+  read_section("logging", [&](TableReader& r) { read_logging(r, config.logging); });
+
+  // A PIXELGATE_SERVER_FOO that matches no key is a typo worth failing on.
+  for (const auto& [name, value] : env) {
+    if (name.rfind(kEnvPrefix, 0) != 0 || used_env.count(name)) continue;
+    const std::string rest = core::to_lower_ascii(name.substr(kEnvPrefix.size()));
+    const std::size_t underscore = rest.find('_');
+    if (underscore != std::string::npos && kEnvSections.count(rest.substr(0, underscore))) {
+      errors.push_back(name + ": unknown setting " + rest.substr(0, underscore) + "." + rest.substr(underscore + 1));
+    }
+  }
+
+  read_named_tables(root, "backends", errors, [&](const std::string& name, TableReader& reader) {
+    BackendConfig backend;
+    backend.name = name;
+    read_backend(reader, backend, env);
+    validate_backend(reader, backend);
+    config.backends.emplace(name, std::move(backend));
+  });
+  if (config.backends.empty()) {
+    if (!config.default_backend.empty()) {
+      errors.push_back("default_backend: \"" + config.default_backend + "\" is not defined under [backends]");
+    } else {
+      add_default_backend(config, env);
+    }
+  } else if (config.default_backend.empty()) {
+    config.default_backend = config.backends.begin()->first;
+  } else if (!config.backends.count(config.default_backend)) {
+    errors.push_back("default_backend: \"" + config.default_backend + "\" is not defined under [backends]");
+  }
+
+  read_named_tables(root, "templates", errors, [&](const std::string& name, TableReader& reader) {
+    TemplateConfig tmpl;
+    tmpl.name = name;
+    read_template(reader, tmpl);
+    if (!tmpl.backend.empty() && !config.backends.count(tmpl.backend)) {
+      reader.error("backend", "\"" + tmpl.backend + "\" is not defined under [backends]");
+    }
+    config.templates.emplace(name, std::move(tmpl));
+  });
+  if (!config.templates.count("default")) {
+    TemplateConfig tmpl;
+    tmpl.name = "default";
+    config.templates.emplace("default", tmpl);
+  }
+
+  if (!errors.empty()) {
+    std::string message = "invalid configuration in " + source_name + ":";
+    for (const auto& line : errors) message += "\n  " + line;
+    return core::Error::invalid(message);
+  }
+  return config;
+}
+
+core::Result<Config> load_file(const std::string& path, const Environment& env) {
+  if (path.empty()) return load_from_string("", "embedded defaults", env);
+  std::ifstream file(path, std::ios::binary);
+  if (!file) return core::Error::invalid("cannot read configuration file \"" + path + "\": " + std::strerror(errno));
+  std::ostringstream text;
+  text << file.rdbuf();
+  return load_from_string(text.str(), path, env);
+}
+
+}  // namespace pixelgate::config

@@ -1,0 +1,107 @@
+// The miss path: find an image in the hot cache or the object store, or
+// generate it exactly once however many requests ask for it at the same time.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "core/error.hpp"
+#include "core/worker_pool.hpp"
+#include "generation/resolver.hpp"
+#include "imaging/image.hpp"
+#include "storage/hot_cache.hpp"
+#include "storage/object_store.hpp"
+
+namespace pixelgate::generation {
+
+enum class CacheState { Hit, Miss, Coalesced };
+std::string_view to_string(CacheState state) noexcept;
+
+// Milliseconds spent in each stage, for the Server-Timing header.
+struct StageTimings {
+  double queue_ms = 0;     // waiting for a worker
+  double lookup_ms = 0;    // reading the object store
+  double generate_ms = 0;  // the backend call, retries included
+  double validate_ms = 0;  // probing the image
+  double store_ms = 0;     // writing it
+};
+
+struct ImageOutcome {
+  std::shared_ptr<const storage::CachedImage> image;
+  CacheState state = CacheState::Hit;
+  StageTimings timings;
+  double cost_usd = 0;  // non-zero only for the request that paid for a generation
+};
+
+using Completion = std::function<void(core::Result<ImageOutcome>)>;
+
+struct ImageServiceOptions {
+  std::chrono::milliseconds generation_timeout{180'000};
+  imaging::ProbeLimits probe_limits;
+};
+
+// Thread-safety: all public members may be called from any thread. Every
+// Completion runs exactly once, either inline (a hot-cache hit, a full queue)
+// or on a worker thread; it must not block.
+//
+// Lifetime: a generation keeps running when every caller has gone away, and
+// its image is stored all the same, because it has been paid for.
+class ImageService {
+ public:
+  ImageService(storage::ObjectStore& store, storage::HotCache& hot_cache, core::WorkerPool& workers,
+               ImageServiceOptions options);
+
+  // Returns the image from the hot cache, or null, without blocking.
+  std::shared_ptr<const storage::CachedImage> find_hot(const std::string& key);
+
+  // Serves `resolved` from the store or generates it, coalescing concurrent
+  // requests for the same key into one backend call.
+  void fetch_or_generate(const ResolvedRequest& resolved, const std::string& request_id, Completion done);
+
+  // Loads an already stored image by key; NotFound when there is none.
+  void fetch_stored(const std::string& key, Completion done);
+
+  // Waits until no generation is in flight or `timeout` has passed. Returns
+  // the number still in flight.
+  std::size_t drain(std::chrono::milliseconds timeout);
+
+  std::size_t in_flight() const;
+
+ private:
+  struct Waiter {
+    Completion done;
+    bool leader = false;
+  };
+  struct Flight {
+    std::vector<Waiter> waiters;
+  };
+
+  void run_flight(const ResolvedRequest& resolved, const std::string& request_id,
+                  std::chrono::steady_clock::time_point queued_at);
+  core::Result<ImageOutcome> generate(const ResolvedRequest& resolved, const std::string& request_id,
+                                      StageTimings timings);
+  core::Result<std::shared_ptr<const storage::CachedImage>> load(const std::string& key);
+  void finish(const std::string& key, const core::Result<ImageOutcome>& result);
+
+  storage::ObjectStore& store_;
+  storage::HotCache& hot_cache_;
+  core::WorkerPool& workers_;
+  ImageServiceOptions options_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable idle_;
+  std::map<std::string, Flight> flights_;
+};
+
+// Builds the cache entry for stored bytes: content type from the magic bytes,
+// digest from the metadata's sha256 or computed.
+std::shared_ptr<const storage::CachedImage> make_cached_image(const std::string& key, std::string bytes,
+                                                              std::string metadata_json);
+
+}  // namespace pixelgate::generation

@@ -1,0 +1,44 @@
+// Turns an ImageRequest into a fully resolved GenerationSpec and its cache key:
+// template applied, defaults filled in, every value validated.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "backends/backend.hpp"
+#include "config/config.hpp"
+#include "core/error.hpp"
+#include "core/generation_spec.hpp"
+#include "generation/request.hpp"
+
+namespace pixelgate::generation {
+
+struct ResolvedRequest {
+  core::GenerationSpec spec;
+  std::string key;
+  backends::Backend* backend = nullptr;
+};
+
+using BackendMap = std::map<std::string, std::unique_ptr<backends::Backend>>;
+
+// Thread-safety: resolve() is const and may run on any thread. The config and
+// backends must outlive the resolver.
+class Resolver {
+ public:
+  Resolver(const config::Config& config, const BackendMap& backends);
+
+  core::Result<ResolvedRequest> resolve(const ImageRequest& request) const;
+
+  // Checks the user's prompt text: valid UTF-8, no control characters, within
+  // the configured character and byte limits.
+  core::Status validate_prompt(const std::string& prompt) const;
+
+  bool has_template(const std::string& name) const { return config_.templates.count(name) > 0; }
+
+ private:
+  const config::Config& config_;
+  const BackendMap& backends_;
+};
+
+}  // namespace pixelgate::generation

@@ -1,0 +1,475 @@
+#include "http/server.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <ctime>
+#include <list>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <spdlog/spdlog.h>
+
+#include "core/hash.hpp"
+
+namespace pixelgate::http {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+using tcp = asio::ip::tcp;
+using Clock = std::chrono::steady_clock;
+
+// A Beast body that sends a shared, immutable string without copying it, so a
+// cached image can go to many connections at once.
+struct SharedBytesBody {
+  using value_type = std::shared_ptr<const std::string>;
+
+  static std::uint64_t size(const value_type& body) { return body ? body->size() : 0; }
+
+  class writer {
+   public:
+    using const_buffers_type = asio::const_buffer;
+
+    template <bool IsRequest, class Fields>
+    writer(const bhttp::header<IsRequest, Fields>&, const value_type& body) : body_(body) {}
+
+    void init(beast::error_code& ec) { ec = {}; }
+
+    boost::optional<std::pair<const_buffers_type, bool>> get(beast::error_code& ec) {
+      ec = {};
+      if (done_ || !body_ || body_->empty()) return boost::none;
+      done_ = true;
+      return {{asio::const_buffer(body_->data(), body_->size()), false}};
+    }
+
+   private:
+    const value_type& body_;
+    bool done_ = false;
+  };
+};
+
+using BeastResponse = bhttp::response<SharedBytesBody>;
+
+// Returns the IMF-fixdate for now, formatted at most once per second per thread.
+const std::string& http_date() {
+  thread_local std::time_t cached_second = 0;
+  thread_local std::string cached;
+  const std::time_t now = std::time(nullptr);
+  if (now != cached_second) {
+    std::tm parts{};
+    gmtime_r(&now, &parts);
+    char text[64];
+    std::strftime(text, sizeof(text), "%a, %d %b %Y %H:%M:%S GMT", &parts);
+    cached = text;
+    cached_second = now;
+  }
+  return cached;
+}
+
+bool valid_request_id(std::string_view id) {
+  if (id.empty() || id.size() > 64) return false;
+  for (char c : id) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) return false;
+  }
+  return true;
+}
+
+std::string new_request_id() {
+  const std::uint64_t value = core::random_u64();
+  return core::to_hex(reinterpret_cast<const unsigned char*>(&value), sizeof(value));
+}
+
+}  // namespace
+
+class Session;
+
+struct Server::Impl {
+  ServerOptions options;
+  Handler handler;
+  AccessLogger access_logger;
+  asio::io_context io;
+  tcp::acceptor acceptor{io};
+  asio::executor_work_guard<asio::io_context::executor_type> work{io.get_executor()};
+  std::atomic<int> connections{0};
+  std::atomic<bool> stopping{false};
+  int bound_port = 0;
+
+  std::mutex sessions_mutex;
+  std::list<std::weak_ptr<Session>> sessions;
+
+  Impl(ServerOptions o, Handler h, AccessLogger a)
+      : options(std::move(o)), handler(std::move(h)), access_logger(std::move(a)) {}
+
+  void accept();
+  void reject_connection(tcp::socket socket);
+  std::list<std::weak_ptr<Session>>::iterator register_session(const std::shared_ptr<Session>& session);
+  void unregister_session(std::list<std::weak_ptr<Session>>::iterator it);
+
+  // Polls until every connection has closed or the deadline has passed, then
+  // stops the event loop. Runs on the event loop, so requests in progress
+  // keep being served meanwhile.
+  void wait_for_connections(Clock::time_point deadline, int grace_ms) {
+    if (connections.load() > 0 && Clock::now() < deadline) {
+      auto timer = std::make_shared<asio::steady_timer>(io, std::chrono::milliseconds(20));
+      timer->async_wait([this, timer, deadline, grace_ms](beast::error_code) {
+        wait_for_connections(deadline, grace_ms);
+      });
+      return;
+    }
+    if (connections.load() > 0) {
+      spdlog::warn("http: {} connections still open after the {} ms shutdown grace period; closing them",
+                   connections.load(), grace_ms);
+    }
+    work.reset();
+    io.stop();
+  }
+};
+
+// One client connection. Reads one request at a time: the next request is
+// read only after the response to the previous one has been written, so
+// pipelined requests are answered in order.
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(tcp::socket socket, Server::Impl& server)
+      : stream_(std::move(socket)), server_(server) {
+    beast::error_code ec;
+    const auto endpoint = stream_.socket().remote_endpoint(ec);
+    if (!ec) remote_address_ = endpoint.address().to_string();
+  }
+
+  ~Session() {
+    server_.connections.fetch_sub(1);
+    if (registered_) server_.unregister_session(registration_);
+  }
+
+  void start() {
+    registration_ = server_.register_session(shared_from_this());
+    registered_ = true;
+    asio::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->read_header(); });
+  }
+
+  // Closes the connection if it is waiting for a request; a connection with a
+  // request in progress closes after its response. Runs on the session's strand.
+  void close_if_idle() {
+    asio::post(stream_.get_executor(), [self = shared_from_this()] {
+      self->closing_ = true;
+      if (self->idle_) {
+        beast::error_code ec;
+        self->stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
+        self->stream_.close();
+      }
+    });
+  }
+
+ private:
+  // Waits for the first byte of the next request on a keep-alive connection
+  // under the idle timeout; the header timeout starts with that byte.
+  void wait_for_next_request() {
+    idle_ = true;
+    stream_.expires_after(std::chrono::milliseconds(server_.options.idle_timeout_ms));
+    stream_.async_read_some(buffer_.prepare(4096), [self = shared_from_this()](beast::error_code ec, std::size_t n) {
+      self->idle_ = false;
+      if (ec) return self->close();
+      self->buffer_.commit(n);
+      self->read_header();
+    });
+  }
+
+  void read_header() {
+    if (closing_ && buffer_.size() == 0) return close();
+    parser_.emplace();
+    parser_->header_limit(static_cast<std::uint32_t>(server_.options.header_limit_bytes));
+    parser_->body_limit(server_.options.body_limit_bytes);
+    stream_.expires_after(std::chrono::milliseconds(server_.options.header_timeout_ms));
+    bhttp::async_read_header(stream_, buffer_, *parser_,
+                             [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                               self->on_header(ec);
+                             });
+  }
+
+  void on_header(beast::error_code ec) {
+    if (ec) return on_read_error(ec);
+    request_started_ = Clock::now();
+    if (parser_->is_done()) return dispatch();
+    stream_.expires_after(std::chrono::milliseconds(server_.options.header_timeout_ms));
+    bhttp::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
+      if (ec) return self->on_read_error(ec);
+      self->dispatch();
+    });
+  }
+
+  void on_read_error(beast::error_code ec) {
+    if (ec == bhttp::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset ||
+        ec == asio::error::operation_aborted) {
+      return close();
+    }
+    if (ec == beast::error::timeout) {
+      // Some bytes arrived but not a whole request in time: say so, then close.
+      const bool partial = buffer_.size() > 0 || (parser_ && parser_->got_some());
+      if (partial) return send_error_and_close(408, "request headers or body not received within " +
+                                                        std::to_string(server_.options.header_timeout_ms) + " ms");
+      return close();
+    }
+    if (ec == bhttp::error::header_limit) {
+      return send_error_and_close(431, "request headers exceed " +
+                                           std::to_string(server_.options.header_limit_bytes) + " bytes");
+    }
+    if (ec == bhttp::error::body_limit) {
+      return send_error_and_close(413, "request body exceeds " + std::to_string(server_.options.body_limit_bytes) +
+                                           " bytes");
+    }
+    spdlog::debug("http: malformed request from {}: {}", remote_address_, ec.message());
+    send_error_and_close(400, "malformed HTTP request: " + ec.message());
+  }
+
+  void send_error_and_close(int status, const std::string& message) {
+    Response response;
+    response.status = status;
+    response.set_body(nlohmann_free_error_json(status, message), "application/json");
+    response.set_header("Cache-Control", "no-store");
+    keep_alive_ = false;
+    head_ = false;
+    request_.method.clear();
+    request_.path.clear();
+    request_.request_id = new_request_id();
+    request_started_ = Clock::now();
+    write(std::move(response));
+  }
+
+  // Builds the error body without nlohmann here, to keep this file's includes
+  // small; `message` never contains quotes or backslashes from user input.
+  static std::string nlohmann_free_error_json(int status, const std::string& message) {
+    std::string code = status == 408 ? "timed_out"
+                       : status == 413 || status == 431 ? "payload_too_large"
+                                                        : "invalid_argument";
+    std::string escaped;
+    for (char c : message) {
+      if (c == '"' || c == '\\') escaped.push_back('\\');
+      if (static_cast<unsigned char>(c) >= 0x20) escaped.push_back(c);
+    }
+    return "{\"error\":{\"code\":\"" + code + "\",\"message\":\"" + escaped + "\",\"param\":null}}";
+  }
+
+  void dispatch() {
+    auto& message = parser_->get();
+    keep_alive_ = message.keep_alive() && !server_.stopping.load();
+    head_ = message.method() == bhttp::verb::head;
+
+    Request request;
+    request.method = std::string(message.method_string());
+    request.target = std::string(message.target());
+    const std::size_t question = request.target.find('?');
+    request.path = request.target.substr(0, question);
+    if (question != std::string::npos) request.query = request.target.substr(question + 1);
+    request.headers.reserve(std::distance(message.begin(), message.end()));
+    for (const auto& field : message) {
+      request.headers.push_back({std::string(field.name_string()), std::string(field.value())});
+    }
+    request.body = std::move(message.body());
+    request.remote_address = remote_address_;
+    const auto client_id = request.header("X-Request-Id");
+    request.request_id = client_id && valid_request_id(*client_id) ? std::string(*client_id) : new_request_id();
+    request.received_at = request_started_;
+    request_.method = request.method;
+    request_.path = request.path;
+    request_.request_id = request.request_id;
+    request_.remote_address = remote_address_;
+    request_.received_at = request.received_at;
+    parser_.reset();
+
+    // The handler may answer inline or later from another thread; either way
+    // the write is posted back onto this connection's strand.
+    std::weak_ptr<Session> weak = shared_from_this();
+    auto executor = stream_.get_executor();
+    Responder responder([weak, executor](Response&& response) {
+      asio::post(executor, [weak, response = std::move(response)]() mutable {
+        if (auto self = weak.lock()) self->write(std::move(response));
+      });
+    });
+    // Hold a reference while the request is in progress, so an answer that
+    // arrives late still finds the connection (or learns it is gone).
+    in_flight_ = shared_from_this();
+    try {
+      server_.handler(std::move(request), responder);
+    } catch (const std::exception& error) {
+      spdlog::error("http: handler threw for request {}: {}", request_.request_id, error.what());
+      Response response;
+      response.status = 500;
+      response.set_body(nlohmann_free_error_json(500, "internal error"), "application/json");
+      responder.send(std::move(response));
+    }
+  }
+
+  void write(Response&& response) {
+    in_flight_.reset();
+    auto message = std::make_shared<BeastResponse>();
+    message->result(static_cast<unsigned>(response.status));
+    message->version(11);
+    message->set(bhttp::field::server, "pixelgate");
+    message->set(bhttp::field::date, http_date());
+    for (auto& header : response.headers) message->insert(header.name, header.value);
+    if (!response.header("X-Request-Id")) message->set("X-Request-Id", request_.request_id);
+    if (server_.stopping.load() || closing_) keep_alive_ = false;
+    message->keep_alive(keep_alive_);
+
+    const std::uint64_t body_bytes = response.body ? response.body->size() : 0;
+    if (!head_) message->body() = std::move(response.body);
+    message->content_length(body_bytes);
+
+    record_.status = response.status;
+    record_.body_bytes = head_ ? 0 : body_bytes;
+    const auto cache = response.header("X-Pixelgate-Cache");
+    record_.cache_state = cache ? std::string(*cache) : std::string{};
+
+    stream_.expires_after(std::chrono::milliseconds(server_.options.write_timeout_ms));
+    bhttp::async_write(stream_, *message, [self = shared_from_this(), message](beast::error_code ec, std::size_t) {
+      self->on_write(ec);
+    });
+  }
+
+  void on_write(beast::error_code ec) {
+    if (server_.access_logger && !request_.method.empty()) {
+      record_.request = &request_;
+      record_.duration_ms = std::chrono::duration<double, std::milli>(Clock::now() - request_started_).count();
+      server_.access_logger(record_);
+    }
+    if (ec) {
+      spdlog::debug("http: write to {} failed for request {}: {}", remote_address_, request_.request_id,
+                    ec.message());
+      return close();
+    }
+    if (!keep_alive_) return close();
+    if (buffer_.size() > 0) return read_header();  // a pipelined request is already buffered
+    wait_for_next_request();
+  }
+
+  void close() {
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+    stream_.close();
+  }
+
+  beast::tcp_stream stream_;
+  Server::Impl& server_;
+  beast::flat_buffer buffer_;
+  std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
+  std::shared_ptr<Session> in_flight_;
+  std::string remote_address_;
+  Request request_;  // method, path and id of the request being answered, for the access log
+  AccessRecord record_;
+  Clock::time_point request_started_{};
+  bool keep_alive_ = false;
+  bool head_ = false;
+  bool idle_ = false;
+  bool closing_ = false;
+  bool registered_ = false;
+  std::list<std::weak_ptr<Session>>::iterator registration_;
+};
+
+std::list<std::weak_ptr<Session>>::iterator Server::Impl::register_session(const std::shared_ptr<Session>& session) {
+  std::lock_guard lock(sessions_mutex);
+  sessions.push_front(session);
+  return sessions.begin();
+}
+
+void Server::Impl::unregister_session(std::list<std::weak_ptr<Session>>::iterator it) {
+  std::lock_guard lock(sessions_mutex);
+  sessions.erase(it);
+}
+
+void Server::Impl::reject_connection(tcp::socket socket) {
+  static const std::string kBusy = [] {
+    const std::string body =
+        "{\"error\":{\"code\":\"unavailable\",\"message\":\"too many open connections; retry later\","
+        "\"param\":null}}";
+    return "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nCache-Control: no-store\r\n"
+           "Content-Type: application/json\r\nContent-Length: " +
+           std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
+  }();
+  auto shared = std::make_shared<tcp::socket>(std::move(socket));
+  asio::async_write(*shared, asio::buffer(kBusy), [shared](beast::error_code, std::size_t) {
+    beast::error_code ignored;
+    shared->shutdown(tcp::socket::shutdown_both, ignored);
+    shared->close(ignored);
+  });
+}
+
+void Server::Impl::accept() {
+  acceptor.async_accept(asio::make_strand(io), [this](beast::error_code ec, tcp::socket socket) {
+    if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
+    if (ec) {
+      spdlog::warn("http: accept failed: {}", ec.message());
+    } else if (connections.fetch_add(1) >= options.max_connections) {
+      connections.fetch_sub(1);
+      spdlog::warn("http: rejected a connection: {} connections are open (server.max_connections)",
+                   options.max_connections);
+      reject_connection(std::move(socket));
+    } else {
+      beast::error_code ignored;
+      socket.set_option(tcp::no_delay(true), ignored);
+      std::make_shared<Session>(std::move(socket), *this)->start();
+    }
+    accept();
+  });
+}
+
+Server::Server(ServerOptions options, Handler handler, AccessLogger access_logger)
+    : impl_(std::make_unique<Impl>(std::move(options), std::move(handler), std::move(access_logger))) {}
+
+Server::~Server() = default;
+
+core::Status Server::start() {
+  auto& acceptor = impl_->acceptor;
+  beast::error_code ec;
+  const auto address = asio::ip::make_address(impl_->options.host, ec);
+  if (ec) return core::Error::invalid("server.host: invalid IP address \"" + impl_->options.host + "\"");
+  const tcp::endpoint endpoint(address, static_cast<unsigned short>(impl_->options.port));
+
+  acceptor.open(endpoint.protocol(), ec);
+  if (!ec) acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor.bind(endpoint, ec);
+  if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    return core::Error::unavailable("cannot listen on " + impl_->options.host + ":" +
+                                        std::to_string(impl_->options.port) + ": " + ec.message(),
+                                    0);
+  }
+  impl_->bound_port = acceptor.local_endpoint().port();
+  impl_->accept();
+  return core::Ok{};
+}
+
+int Server::port() const noexcept { return impl_->bound_port; }
+
+int Server::connection_count() const noexcept { return impl_->connections.load(); }
+
+void Server::run() {
+  const int count = std::max(1, impl_->options.threads);
+  std::vector<std::thread> threads;
+  threads.reserve(count - 1);
+  for (int i = 1; i < count; ++i) threads.emplace_back([this] { impl_->io.run(); });
+  impl_->io.run();
+  for (auto& thread : threads) thread.join();
+}
+
+void Server::shutdown(int grace_ms) {
+  if (impl_->stopping.exchange(true)) return;
+  asio::post(impl_->io, [impl = impl_.get(), grace_ms] {
+    beast::error_code ignored;
+    impl->acceptor.close(ignored);
+    {
+      std::lock_guard lock(impl->sessions_mutex);
+      for (auto& weak : impl->sessions) {
+        if (auto session = weak.lock()) session->close_if_idle();
+      }
+    }
+    impl->wait_for_connections(Clock::now() + std::chrono::milliseconds(grace_ms), grace_ms);
+  });
+}
+
+}  // namespace pixelgate::http

@@ -1,0 +1,44 @@
+// Where images live. Implementations: DiskStore now; an S3-compatible store
+// can implement the same interface.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "core/error.hpp"
+
+namespace pixelgate::storage {
+
+struct StoredObject {
+  std::string data;           // the image bytes, complete
+  std::string metadata_json;  // written with the image; "{}" when absent
+};
+
+// Keys are 64 lower-case hex characters, optionally followed by '.' and a
+// variant name of letters, digits, '-' and '_' (at most 64). Anything else is
+// rejected, so a key can never name a path outside the store.
+bool is_valid_key(std::string_view key) noexcept;
+
+// Thread-safety: implementations must allow concurrent calls from any thread.
+// All calls block, so they belong on the worker pool, not the event loop.
+class ObjectStore {
+ public:
+  virtual ~ObjectStore() = default;
+
+  // Returns the object, nullopt when it does not exist, or an error when the
+  // store failed (unreadable file, corrupt object).
+  virtual core::Result<std::optional<StoredObject>> find(const std::string& key) = 0;
+
+  // Stores the object atomically: a reader sees all of it or nothing. An
+  // existing object under the same key is replaced.
+  virtual core::Status put(const std::string& key, std::string_view data, std::string_view metadata_json) = 0;
+
+  // Returns an error when the store cannot take writes now (for /readyz).
+  virtual core::Status check_writable() = 0;
+
+  // A short description for logs, e.g. "disk:/var/lib/pixelgate".
+  virtual std::string describe() const = 0;
+};
+
+}  // namespace pixelgate::storage
