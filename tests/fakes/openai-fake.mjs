@@ -73,13 +73,43 @@ const GPT_IMAGE = {
   ],
 };
 
+// gpt-image-2 and later take any WIDTHxHEIGHT within FLEXIBLE_SIZE_LIMITS, plus the standard GPT
+// image sizes and auto. The 2.5 models add the xhigh and max qualities.
+const GPT_IMAGE_FLEXIBLE = { ...GPT_IMAGE, flexibleSize: true };
+const GPT_IMAGE_FLEXIBLE_XHIGH = { ...GPT_IMAGE_FLEXIBLE, qualities: ['low', 'medium', 'high', 'xhigh', 'max', 'auto'] };
+
+// From the size and quality doc comments of openai-node 7.60.0: both edges divisible by 16, an
+// aspect ratio from 1:3 to 3:1, and at most 3840x2160 in either orientation.
+// NOTE: the API also applies "the model's current pixel and edge limits", which are not
+// published, so the fake accepts every size inside these bounds.
+const FLEXIBLE_SIZE_LIMITS = { multiple: 16, maxAspectRatio: 3, maxLongEdge: 3840, maxShortEdge: 2160 };
+
 const MODELS = {
   'dall-e-2': DALL_E_2,
   'dall-e-3': DALL_E_3,
   'gpt-image-1': GPT_IMAGE,
   'gpt-image-1-mini': GPT_IMAGE,
   'gpt-image-1.5': GPT_IMAGE,
+  'chatgpt-image-latest': GPT_IMAGE,
+  'gpt-image-2': GPT_IMAGE_FLEXIBLE,
+  'gpt-image-2-2026-04-21': GPT_IMAGE_FLEXIBLE,
 };
+
+// openai-node 7.60.0 lists gpt-image-2.5-sunburst, gpt-image-2.5-flare, their 2026-09-08
+// snapshots, gpt-image-2.6-sunburst and gpt-image-2.6-flare. The fake accepts every name in
+// these two series, so new snapshot names work without a change here.
+const MODEL_SERIES = [
+  { pattern: /^gpt-image-2\.5-[a-z0-9]+(-[a-z0-9]+)*$/, spec: GPT_IMAGE_FLEXIBLE_XHIGH },
+  { pattern: /^gpt-image-2\.6-[a-z0-9]+(-[a-z0-9]+)*$/, spec: GPT_IMAGE_FLEXIBLE },
+];
+
+/** Returns the rules for a model name, or undefined for a model that the fake does not serve. */
+export function modelSpec(modelName) {
+  if (Object.hasOwn(MODELS, modelName)) {
+    return MODELS[modelName];
+  }
+  return MODEL_SERIES.find((series) => series.pattern.test(modelName))?.spec;
+}
 
 // The API reference states that a request without `model` uses dall-e-2 "unless a parameter
 // specific to gpt-image-1 is used". These are the parameters it documents as gpt-image-1 only.
@@ -423,7 +453,7 @@ export function validateGenerationRequest(body) {
   if (typeof modelName !== 'string') {
     return { error: invalidType('model', 'a string', modelName) };
   }
-  const spec = MODELS[modelName];
+  const spec = modelSpec(modelName);
   if (!spec) {
     // NOTE: status and code follow OpenAI's usual response for an unknown model. The Images
     // reference does not document this case.
@@ -448,7 +478,7 @@ export function validateGenerationRequest(body) {
   const checks = [
     () => checkPrompt(body, modelName, spec),
     () => (isPresent(body.n) ? checkInteger(body, 'n', 1, spec.maxImages, modelName) : null),
-    () => (isPresent(body.size) ? checkEnum(body, 'size', spec.sizes, modelName) : null),
+    () => (isPresent(body.size) ? checkSize(body, spec, modelName) : null),
     () => (isPresent(body.quality) ? checkEnum(body, 'quality', spec.qualities, modelName) : null),
     () => (isPresent(body.response_format) ? checkEnum(body, 'response_format', ['url', 'b64_json']) : null),
     () => (isPresent(body.style) ? checkEnum(body, 'style', ['vivid', 'natural']) : null),
@@ -491,6 +521,33 @@ export function validateGenerationRequest(body) {
   };
 }
 
+function checkSize(body, spec, modelName) {
+  if (!spec.flexibleSize || typeof body.size !== 'string' || spec.sizes.includes(body.size)) {
+    return checkEnum(body, 'size', spec.sizes, modelName);
+  }
+  const dimensions = /^(\d{1,5})x(\d{1,5})$/.exec(body.size);
+  const { multiple, maxAspectRatio, maxLongEdge, maxShortEdge } = FLEXIBLE_SIZE_LIMITS;
+  const invalidSize = (reason) =>
+    apiError(400, `Invalid value for 'size': ${JSON.stringify(body.size)}. ${reason}`, { param: 'size', code: 'invalid_value' });
+  if (!dimensions) {
+    return invalidSize(`${modelName} accepts auto, 1024x1024, 1536x1024, 1024x1536 or WIDTHxHEIGHT in pixels.`);
+  }
+  const width = Number(dimensions[1]);
+  const height = Number(dimensions[2]);
+  const longEdge = Math.max(width, height);
+  const shortEdge = Math.min(width, height);
+  if (width === 0 || height === 0 || width % multiple !== 0 || height % multiple !== 0) {
+    return invalidSize(`Width and height must be positive multiples of ${multiple}.`);
+  }
+  if (longEdge > maxAspectRatio * shortEdge) {
+    return invalidSize(`The aspect ratio must be between 1:${maxAspectRatio} and ${maxAspectRatio}:1.`);
+  }
+  if (longEdge > maxLongEdge || shortEdge > maxShortEdge) {
+    return invalidSize(`The maximum size for ${modelName} is ${maxLongEdge}x${maxShortEdge} (or ${maxShortEdge}x${maxLongEdge}).`);
+  }
+  return null;
+}
+
 function checkOutputFormat(body) {
   if (!isPresent(body.output_format)) {
     return null;
@@ -526,9 +583,17 @@ function checkStream(body) {
   return null;
 }
 
+// NOTE: OpenAI publishes output tokens only for gpt-image-1's sizes and qualities. For other
+// sizes this scales the 1024x1024 figure by pixel area, and xhigh and max count as high.
+function estimateOutputTokens(request) {
+  const perSquare = (OUTPUT_TOKENS[request.quality] ?? OUTPUT_TOKENS.high)['1024x1024'];
+  const { width, height } = parseImageSize(request.size);
+  return Math.max(1, Math.round((perSquare * width * height) / (1024 * 1024)));
+}
+
 function usageFor(request) {
   const textTokens = Math.max(1, Math.ceil([...request.prompt].length / 4));
-  const perImage = OUTPUT_TOKENS[request.quality]?.[request.size] ?? OUTPUT_TOKENS.high['1024x1024'];
+  const perImage = OUTPUT_TOKENS[request.quality]?.[request.size] ?? estimateOutputTokens(request);
   const outputTokens = perImage * request.n;
   return {
     input_tokens: textTokens,
@@ -755,8 +820,9 @@ function validateControlPatch(patch) {
   }
   if (patch.url_ttl_ms !== undefined) {
     const ttl = patch.url_ttl_ms;
-    if (typeof ttl !== 'number' || !Number.isFinite(ttl) || ttl <= 0) {
-      return `url_ttl_ms must be a positive number of milliseconds, but got ${JSON.stringify(ttl)}`;
+    // 0 makes every new URL expired at once, for tests of expired downloads.
+    if (typeof ttl !== 'number' || !Number.isFinite(ttl) || ttl < 0) {
+      return `url_ttl_ms must be a number of milliseconds from 0 up, but got ${JSON.stringify(ttl)}`;
     }
   }
   if (patch.created !== undefined && patch.created !== null && !Number.isInteger(patch.created)) {
@@ -1109,7 +1175,7 @@ class FakeOpenAIImages {
     const query = url.searchParams;
     const model = query.get('model') || 'dall-e-2';
     const prompt = query.get('prompt') ?? '';
-    const size = query.get('size') || MODELS[model]?.defaultSize || '1024x1024';
+    const size = query.get('size') || modelSpec(model)?.defaultSize || '1024x1024';
     const indexText = query.get('index') ?? '0';
     const background = query.get('background') ?? 'opaque';
     const dimensions = parseImageSize(size);

@@ -285,6 +285,142 @@ describe('generations', () => {
   });
 });
 
+describe('gpt-image-2 and later', () => {
+  const newerModels = [
+    'gpt-image-2',
+    'gpt-image-2-2026-04-21',
+    'gpt-image-2.5-sunburst',
+    'gpt-image-2.5-flare-2026-09-08',
+    'gpt-image-2.6-sunburst',
+    'gpt-image-2.6-flare',
+    'gpt-image-1.5',
+    'gpt-image-1-mini',
+    'chatgpt-image-latest',
+  ];
+  for (const model of newerModels) {
+    test(`${model} returns a 1024x1024 PNG`, async () => {
+      const response = await generate({ model, prompt: `default size for ${model}` });
+      assert.equal(response.status, 200);
+      const body = await response.json();
+      const bytes = Buffer.from(body.data[0].b64_json, 'base64');
+      const png = parsePng(bytes);
+      assert.equal(png.width, 1024);
+      assert.equal(png.height, 1024);
+      assert.equal(body.size, '1024x1024');
+      assert.equal(body.output_format, 'png');
+      assert.equal(sha256(bytes), await expectedSha256({ model, prompt: `default size for ${model}` }));
+    });
+  }
+
+  test('gpt-image-2 takes an arbitrary size', async () => {
+    const response = await generate({ model: 'gpt-image-2', prompt: 'wide banner', size: '1536x864', quality: 'low' });
+    assert.equal(response.status, 200);
+    const body = await response.json();
+    const bytes = Buffer.from(body.data[0].b64_json, 'base64');
+    const png = parsePng(bytes);
+    assert.equal(png.width, 1536);
+    assert.equal(png.height, 864);
+    assert.equal(body.size, '1536x864');
+    assert.equal(sha256(bytes), expectedImageSha256('gpt-image-2', 'wide banner', '1536x864', 0));
+    assert.ok(Number.isInteger(body.usage.output_tokens) && body.usage.output_tokens > 0, 'output tokens are estimated');
+    assert.equal(body.usage.total_tokens, body.usage.input_tokens + body.usage.output_tokens);
+  });
+
+  const acceptedSizes = [
+    ['gpt-image-2', '3840x2160'],
+    ['gpt-image-2-2026-04-21', '2160x3840'],
+    ['gpt-image-2.5-flare', '48x16'],
+    ['gpt-image-2.6-sunburst', '1280x3840'],
+    ['gpt-image-2.5-sunburst', '1536x1024'],
+    ['gpt-image-2', 'auto'],
+  ];
+  for (const [model, size] of acceptedSizes) {
+    test(`${model} accepts size ${size}`, async () => {
+      const response = await generate({ model, prompt: 'size edge', size });
+      assert.equal(response.status, 200, await response.clone().text());
+      const body = await response.json();
+      const png = parsePng(Buffer.from(body.data[0].b64_json, 'base64'));
+      assert.equal(`${png.width}x${png.height}`, size === 'auto' ? '1024x1024' : size);
+    });
+  }
+
+  const rejectedSizes = [
+    { model: 'gpt-image-2', size: '1000x1000', why: 'not a multiple of 16' },
+    { model: 'gpt-image-2', size: '1536x496', why: 'wider than 3:1' },
+    { model: 'gpt-image-2.5-sunburst', size: '496x1536', why: 'taller than 1:3' },
+    { model: 'gpt-image-2', size: '4096x2160', why: 'long edge over 3840' },
+    { model: 'gpt-image-2.6-flare', size: '2176x2176', why: 'short edge over 2160' },
+    { model: 'gpt-image-2', size: '0x16', why: 'zero width' },
+    { model: 'gpt-image-2', size: 'large', why: 'not WIDTHxHEIGHT' },
+    { model: 'gpt-image-1.5', size: '1536x864', why: 'fixed-size model' },
+    { model: 'chatgpt-image-latest', size: '1792x1024', why: 'fixed-size model' },
+  ];
+  for (const { model, size, why } of rejectedSizes) {
+    test(`${model} rejects ${size} (${why})`, async () => {
+      const response = await generate({ model, prompt: 'p', size });
+      assert.equal(response.status, 400);
+      const { error } = await response.json();
+      assert.equal(error.param, 'size');
+      assert.equal(error.code, 'invalid_value');
+      assert.equal(error.type, 'invalid_request_error');
+    });
+  }
+
+  const qualityCases = [
+    { model: 'gpt-image-2.5-sunburst', quality: 'xhigh', status: 200 },
+    { model: 'gpt-image-2.5-flare-2026-09-08', quality: 'max', status: 200 },
+    { model: 'gpt-image-2', quality: 'medium', status: 200 },
+    { model: 'gpt-image-2', quality: 'xhigh', status: 400 },
+    { model: 'gpt-image-2.6-flare', quality: 'max', status: 400 },
+    { model: 'gpt-image-2', quality: 'hd', status: 400 },
+  ];
+  for (const { model, quality, status } of qualityCases) {
+    test(`${model} quality ${quality} gives ${status}`, async () => {
+      const response = await generate({ model, prompt: 'quality check', quality });
+      assert.equal(response.status, status);
+      const body = await response.json();
+      if (status === 200) {
+        assert.equal(body.quality, quality);
+      } else {
+        assert.equal(body.error.param, 'quality');
+      }
+    });
+  }
+
+  test('gpt-image-2 quality auto resolves', async () => {
+    const response = await generate({ model: 'gpt-image-2', prompt: 'auto quality', quality: 'auto' });
+    assert.equal(response.status, 200);
+    assert.equal((await response.json()).quality, 'high');
+  });
+
+  for (const model of ['gpt-image-2', 'gpt-image-2.5-sunburst', 'gpt-image-2.6-flare', 'chatgpt-image-latest']) {
+    test(`${model} rejects response_format`, async () => {
+      const response = await generate({ model, prompt: 'p', response_format: 'b64_json' });
+      assert.equal(response.status, 400);
+      const { error } = await response.json();
+      assert.equal(error.param, 'response_format');
+      assert.equal(error.code, 'unknown_parameter');
+    });
+  }
+
+  for (const model of ['gpt-image-3', 'gpt-image-2.5', 'gpt-image-2.7-flare', 'gpt-image-2-2026-04-22']) {
+    test(`unknown model ${model} returns 404`, async () => {
+      const response = await generate({ model, prompt: 'p' });
+      assert.equal(response.status, 404);
+      assert.equal((await response.json()).error.code, 'model_not_found');
+    });
+  }
+
+  test('expected endpoint knows gpt-image-2', async () => {
+    const response = await fetch(`${baseUrl}/__expected?model=gpt-image-2&prompt=p&size=1536x864`);
+    assert.equal(response.status, 200);
+    const expected = await response.json();
+    assert.equal(expected.sha256, expectedImageSha256('gpt-image-2', 'p', '1536x864', 0));
+    assert.equal(expected.width, 1536);
+    assert.equal(expected.height, 864);
+  });
+});
+
 describe('url expiry', () => {
   test('expired url returns 403 AuthenticationFailed', async () => {
     await control({ url_ttl_ms: 300 });
@@ -304,6 +440,23 @@ describe('url expiry', () => {
     const xml = await late.text();
     assert.match(xml, /<Code>AuthenticationFailed<\/Code>/);
     assert.match(xml, /<AuthenticationErrorDetail>Signature not valid in the specified time frame/);
+  });
+
+  test('url_ttl_ms 0 expires urls at once', async () => {
+    await control({ url_ttl_ms: 0 });
+    const response = await generate({ model: 'dall-e-2', prompt: 'born expired', size: '256x256' });
+    assert.equal(response.status, 200);
+    const { url } = (await response.json()).data[0];
+    const download = await fetch(url);
+    assert.equal(download.status, 403);
+    assert.equal(download.headers.get('x-ms-error-code'), 'AuthenticationFailed');
+    await download.arrayBuffer();
+  });
+
+  test('control rejects negative url_ttl_ms', async () => {
+    const response = await fetch(`${baseUrl}/__control`, { method: 'POST', body: JSON.stringify({ url_ttl_ms: -1 }) });
+    assert.equal(response.status, 400);
+    assert.equal((await response.json()).error.code, 'invalid_control');
   });
 
   test('tampered signature returns 403', async () => {
@@ -598,6 +751,12 @@ describe('official openai client', () => {
       assert.equal(error.code, 'invalid_api_key');
       return true;
     });
+
+    const flexible = await client.images.generate({ model: 'gpt-image-2.5-sunburst', prompt: 'client flexible size', size: '1536x864', quality: 'xhigh' });
+    const flexibleBytes = Buffer.from(flexible.data[0].b64_json, 'base64');
+    assert.equal(sha256(flexibleBytes), expectedImageSha256('gpt-image-2.5-sunburst', 'client flexible size', '1536x864', 0));
+    assert.equal(flexible.size, '1536x864');
+    assert.equal(flexible.quality, 'xhigh');
 
     await control({ script: [{ status: 429, retry_after: 1 }] });
     await assert.rejects(client.images.generate({ prompt: 'p' }), (error) => {

@@ -1,0 +1,256 @@
+// Coalescing and failure handling of the miss path, with an in-process
+// backend that counts calls and can be held or made to fail.
+#include <gtest/gtest.h>
+
+#include <condition_variable>
+#include <filesystem>
+#include <future>
+
+#include "backends/backend.hpp"
+#include "core/hash.hpp"
+#include "generation/cache_key.hpp"
+#include "generation/image_service.hpp"
+#include "imaging/image.hpp"
+#include "storage/disk_store.hpp"
+
+using namespace pixelgate;
+namespace fs = std::filesystem;
+
+namespace {
+
+class CountingBackend final : public backends::Backend {
+ public:
+  const std::string& name() const override { return name_; }
+  std::string_view type() const override { return "counting"; }
+  int adapter_version() const override { return 1; }
+  const std::string& default_model() const override { return name_; }
+  bool honours_seed() const override { return true; }
+  bool supports_negative_prompt() const override { return false; }
+  core::Status validate(const core::GenerationSpec&) const override { return core::Ok{}; }
+
+  core::Result<backends::GeneratedImage> generate(const core::GenerationSpec& spec,
+                                                  const backends::GenerateContext&) override {
+    calls.fetch_add(1);
+    {
+      std::unique_lock lock(mutex);
+      released.wait(lock, [this] { return open; });
+    }
+    if (fail) return core::Error::bad_gateway("scripted failure");
+    imaging::PlaceholderRequest request;
+    request.prompt = spec.prompt;
+    request.width = spec.width;
+    request.height = spec.height;
+    backends::GeneratedImage image;
+    image.bytes = imaging::render_placeholder(request).value();
+    image.cost_usd = 0.25;
+    return image;
+  }
+
+  void release() {
+    std::lock_guard lock(mutex);
+    open = true;
+    released.notify_all();
+  }
+
+  std::atomic<int> calls{0};
+  std::atomic<bool> fail{false};
+  std::mutex mutex;
+  std::condition_variable released;
+  bool open = false;
+
+ private:
+  std::string name_ = "counting";
+};
+
+class ImageServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(imaging::initialize().ok());
+    root_ = fs::temp_directory_path() / ("pixelgate-service-" + std::to_string(core::random_u64()));
+    store_ = std::move(storage::DiskStore::open(root_)).value();
+    service_ = std::make_unique<generation::ImageService>(*store_, hot_cache_, workers_, generation::ImageServiceOptions{});
+  }
+
+  void TearDown() override {
+    backend_.release();
+    service_->drain(std::chrono::seconds(10));
+    workers_.stop();
+    fs::remove_all(root_);
+  }
+
+  generation::ResolvedRequest request(const std::string& prompt) {
+    generation::ResolvedRequest resolved;
+    resolved.spec.backend = "counting";
+    resolved.spec.prompt = prompt;
+    resolved.spec.width = 64;
+    resolved.spec.height = 64;
+    resolved.key = generation::cache_key(resolved.spec);
+    resolved.backend = &backend_;
+    return resolved;
+  }
+
+  std::future<core::Result<generation::ImageOutcome>> start(const generation::ResolvedRequest& resolved) {
+    auto promise = std::make_shared<std::promise<core::Result<generation::ImageOutcome>>>();
+    auto future = promise->get_future();
+    service_->fetch_or_generate(resolved, "test", [promise](core::Result<generation::ImageOutcome> outcome) {
+      promise->set_value(std::move(outcome));
+    });
+    return future;
+  }
+
+  void wait_for_calls(int expected) {
+    for (int i = 0; i < 500 && backend_.calls.load() < expected; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+
+  fs::path root_;
+  CountingBackend backend_;
+  std::unique_ptr<storage::DiskStore> store_;
+  storage::HotCache hot_cache_{64 * 1024 * 1024, 8 * 1024 * 1024};
+  core::WorkerPool workers_{4, 64};
+  std::unique_ptr<generation::ImageService> service_;
+};
+
+}  // namespace
+
+TEST_F(ImageServiceTest, ConcurrentMissesMakeOneCall) {
+  const auto resolved = request("a dog");
+  std::vector<std::future<core::Result<generation::ImageOutcome>>> futures;
+  for (int i = 0; i < 50; ++i) futures.push_back(start(resolved));
+  wait_for_calls(1);
+  backend_.release();
+
+  int misses = 0;
+  int coalesced = 0;
+  std::shared_ptr<const std::string> first_bytes;
+  for (auto& future : futures) {
+    auto outcome = future.get();
+    ASSERT_TRUE(outcome.ok());
+    if (outcome->state == generation::CacheState::Miss) ++misses;
+    if (outcome->state == generation::CacheState::Coalesced) ++coalesced;
+    if (!first_bytes) first_bytes = outcome->image->bytes;
+    EXPECT_EQ(*outcome->image->bytes, *first_bytes);
+  }
+  EXPECT_EQ(backend_.calls.load(), 1);
+  EXPECT_EQ(misses, 1);
+  EXPECT_EQ(coalesced, 49);
+}
+
+TEST_F(ImageServiceTest, OnlyLeaderIsCharged) {
+  const auto resolved = request("charged");
+  auto leader = start(resolved);
+  auto follower = start(resolved);
+  wait_for_calls(1);
+  backend_.release();
+  EXPECT_DOUBLE_EQ(leader.get()->cost_usd, 0.25);
+  EXPECT_DOUBLE_EQ(follower.get()->cost_usd, 0.0);
+}
+
+TEST_F(ImageServiceTest, FailureReachesEveryWaiterAndIsNotStored) {
+  backend_.fail = true;
+  const auto resolved = request("fails");
+  std::vector<std::future<core::Result<generation::ImageOutcome>>> futures;
+  for (int i = 0; i < 10; ++i) futures.push_back(start(resolved));
+  wait_for_calls(1);
+  backend_.release();
+  for (auto& future : futures) {
+    auto outcome = future.get();
+    ASSERT_FALSE(outcome.ok());
+    EXPECT_EQ(outcome.error().code, core::ErrorCode::BadGateway);
+    EXPECT_EQ(outcome.error().message, "scripted failure");
+  }
+  auto stored = store_->find(resolved.key);
+  ASSERT_TRUE(stored.ok());
+  EXPECT_FALSE(stored->has_value());
+
+  backend_.fail = false;
+  auto retry = start(resolved).get();
+  ASSERT_TRUE(retry.ok());
+  EXPECT_EQ(backend_.calls.load(), 2);
+}
+
+TEST_F(ImageServiceTest, AbandonedGenerationIsStillStored) {
+  const auto resolved = request("nobody waits");
+  service_->fetch_or_generate(resolved, "gone", [](core::Result<generation::ImageOutcome>) {});
+  wait_for_calls(1);
+  backend_.release();
+  EXPECT_EQ(service_->drain(std::chrono::seconds(10)), 0u);
+  auto stored = store_->find(resolved.key);
+  ASSERT_TRUE(stored.ok());
+  EXPECT_TRUE(stored->has_value());
+}
+
+TEST_F(ImageServiceTest, SecondRequestIsHotHit) {
+  backend_.release();
+  const auto resolved = request("cached");
+  ASSERT_TRUE(start(resolved).get().ok());
+  auto again = start(resolved).get();
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->state, generation::CacheState::Hit);
+  EXPECT_EQ(backend_.calls.load(), 1);
+}
+
+TEST_F(ImageServiceTest, StoredImageSurvivesNewService) {
+  backend_.release();
+  const auto resolved = request("persisted");
+  ASSERT_TRUE(start(resolved).get().ok());
+
+  storage::HotCache empty_cache(1024 * 1024, 1024 * 1024);
+  generation::ImageService fresh(*store_, empty_cache, workers_, {});
+  std::promise<core::Result<generation::ImageOutcome>> promise;
+  fresh.fetch_or_generate(resolved, "test", [&promise](core::Result<generation::ImageOutcome> outcome) {
+    promise.set_value(std::move(outcome));
+  });
+  auto outcome = promise.get_future().get();
+  ASSERT_TRUE(outcome.ok());
+  EXPECT_EQ(outcome->state, generation::CacheState::Hit);
+  EXPECT_EQ(backend_.calls.load(), 1);
+}
+
+TEST_F(ImageServiceTest, WrongSizeIsRejected) {
+  backend_.release();
+  auto resolved = request("wrong size");
+  resolved.spec.width = 128;  // the backend draws spec.width, so make it lie below
+  resolved.key = generation::cache_key(resolved.spec);
+  class Shrinking final : public backends::Backend {
+   public:
+    const std::string& name() const override { return name_; }
+    std::string_view type() const override { return "shrinking"; }
+    int adapter_version() const override { return 1; }
+    const std::string& default_model() const override { return name_; }
+    bool honours_seed() const override { return true; }
+    bool supports_negative_prompt() const override { return false; }
+    core::Status validate(const core::GenerationSpec&) const override { return core::Ok{}; }
+    core::Result<backends::GeneratedImage> generate(const core::GenerationSpec&,
+                                                    const backends::GenerateContext&) override {
+      imaging::PlaceholderRequest request;
+      request.width = 64;
+      request.height = 64;
+      return backends::GeneratedImage{imaging::render_placeholder(request).value()};
+    }
+    std::string name_ = "shrinking";
+  } shrinking;
+  resolved.backend = &shrinking;
+  auto outcome = start(resolved).get();
+  ASSERT_FALSE(outcome.ok());
+  EXPECT_EQ(outcome.error().code, core::ErrorCode::BadGateway);
+  auto stored = store_->find(resolved.key);
+  ASSERT_TRUE(stored.ok());
+  EXPECT_FALSE(stored->has_value());
+}
+
+TEST(WorkerPool, RejectsWhenQueueIsFull) {
+  core::WorkerPool pool(1, 1);
+  std::promise<void> gate;
+  auto gate_future = gate.get_future().share();
+  std::atomic<int> ran{0};
+  ASSERT_TRUE(pool.try_submit([gate_future, &ran] { gate_future.wait(); ++ran; }));
+  // Wait until the first task occupies the only worker.
+  for (int i = 0; i < 200 && pool.busy() == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_TRUE(pool.try_submit([&ran] { ++ran; }));
+  EXPECT_FALSE(pool.try_submit([&ran] { ++ran; }));
+  gate.set_value();
+  pool.stop();
+  EXPECT_EQ(ran.load(), 2);
+}
