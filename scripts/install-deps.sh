@@ -13,7 +13,7 @@ if [[ "$(id -u)" != 0 ]]; then sudo_cmd=(sudo); fi
 packages=(
   build-essential cmake ninja-build pkg-config
   libboost-dev libcurl4-openssl-dev libssl-dev nlohmann-json3-dev
-  libtomlplusplus-dev libspdlog-dev libvips-dev fonts-dejavu-core
+  libtomlplusplus-dev libspdlog-dev libsqlite3-dev libvips-dev fonts-dejavu-core
 )
 if [[ $with_tests == 1 ]]; then
   packages+=(libgtest-dev libgmock-dev curl)

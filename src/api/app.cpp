@@ -122,11 +122,39 @@ void App::handle(http::Request&& request, http::Responder responder) {
   }
 }
 
+std::optional<admission::Admission> App::admit(const http::Request& request, admission::RouteKind route,
+                                               const http::Responder& responder) {
+  admission::RequestInfo info;
+  info.path = request.path;
+  info.query = request.query;
+  info.authorization = request.header("Authorization").value_or("");
+  info.x_forwarded_for = request.header("X-Forwarded-For").value_or("");
+  info.forwarded = request.header("Forwarded").value_or("");
+  info.remote_address = request.remote_address;
+  admission::Admission admission = context_.gate.admit(info, route);
+  if (!admission.error) return admission;
+
+  auto response = error_response(*admission.error);
+  for (auto& [name, value] : admission.headers) response.set_header(name, value);
+  responder.send(std::move(response));
+  return std::nullopt;
+}
+
 void App::handle_image(const http::Request& request, http::Responder responder, std::string_view template_name) {
   const auto started = Clock::now();
-  auto parsed = parse_image_query(request.query, template_name.empty());
+  auto admitted = admit(request, admission::RouteKind::ImageUrl, responder);
+  if (!admitted) return;
+
+  auto parsed = parse_image_params(admitted->params, template_name.empty());
   if (!parsed) return responder.send(error_response(parsed.error()));
   if (!template_name.empty()) parsed->template_name = std::string(template_name);
+  if (admitted->public_templates_only && !context_.gate.is_public_template(parsed->template_name)) {
+    return responder.send(error_response({core::ErrorCode::PermissionDenied,
+                                          "template \"" + parsed->template_name +
+                                              "\" needs a signed URL or an API key; only the public templates "
+                                              "may be used without one",
+                                          "template", 0}));
+  }
 
   auto resolved = context_.resolver.resolve(*parsed);
   if (!resolved) return responder.send(error_response(resolved.error()));
@@ -151,7 +179,7 @@ void App::handle_image(const http::Request& request, http::Responder responder, 
   }
 
   context_.images.fetch_or_generate(
-      *resolved, request.request_id,
+      *resolved, request.request_id, admitted->caller,
       [responder, policy, if_none_match, placeholder, resolve_ms, started, key](core::Result<generation::ImageOutcome> outcome) {
         if (!outcome) return responder.send(error_response(outcome.error()));
         auto response = to_http(delivery::build_image_response(*outcome->image, policy, if_none_match));

@@ -3,6 +3,7 @@
 
 #include <string>
 
+#include "admission/gate.hpp"
 #include "config/config.hpp"
 #include "core/worker_pool.hpp"
 #include "generation/image_service.hpp"
@@ -19,6 +20,7 @@ struct AppContext {
   generation::ImageService& images;
   storage::ObjectStore& store;
   core::WorkerPool& workers;
+  admission::Gate& gate;
 };
 
 // Thread-safety: handle() runs concurrently on every event-loop thread; the
@@ -35,6 +37,11 @@ class App {
   void handle_stored_image(const http::Request& request, http::Responder responder, std::string_view name);
   void handle_openai_generations(const http::Request& request, http::Responder responder);
   void handle_ready(http::Responder responder);
+
+  // Runs admission for a request; on rejection sends the error and returns
+  // nullopt.
+  std::optional<admission::Admission> admit(const http::Request& request, admission::RouteKind route,
+                                            const http::Responder& responder);
 
   // Returns the absolute URL of a stored image for JSON answers: under
   // server.public_base_url, or else under the request's Host header.

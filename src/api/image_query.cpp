@@ -28,11 +28,14 @@ bool parse_size(std::string_view text, int& width, int& height) {
 core::Result<generation::ImageRequest> parse_image_query(std::string_view query, bool template_from_query) {
   auto params = core::parse_query(query);
   if (!params) return core::Error::invalid("the query string has a malformed percent-escape (expected %XX)");
+  return parse_image_params(*params, template_from_query);
+}
 
+core::Result<generation::ImageRequest> parse_image_params(const core::QueryParams& params, bool template_from_query) {
   generation::ImageRequest request;
   std::set<std::string> seen;
   bool has_prompt = false;
-  for (auto& [name, value] : *params) {
+  for (auto [name, value] : params) {
     const std::string canonical_name = name == "style" && template_from_query ? "template" : name;
     if (!seen.insert(canonical_name).second) {
       return core::Error::invalid("parameter \"" + name + "\" is given more than once", name);

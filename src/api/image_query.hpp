@@ -4,6 +4,7 @@
 #include <string>
 
 #include "core/error.hpp"
+#include "core/text.hpp"
 #include "generation/request.hpp"
 
 namespace pixelgate::api {
@@ -14,6 +15,10 @@ namespace pixelgate::api {
 // parameters are errors that name the parameter, so one image never has two
 // spellings that a CDN would cache separately.
 core::Result<generation::ImageRequest> parse_image_query(std::string_view query, bool template_from_query);
+
+// The same for parameters that are already decoded, e.g. by signature
+// verification, which removes sig, kid and exp.
+core::Result<generation::ImageRequest> parse_image_params(const core::QueryParams& params, bool template_from_query);
 
 // Parses "1024x768" into width and height; returns false when malformed.
 bool parse_size(std::string_view text, int& width, int& height);

@@ -124,6 +124,8 @@ struct Batch {
 }  // namespace
 
 void App::handle_openai_generations(const http::Request& request, http::Responder responder) {
+  auto admitted = admit(request, admission::RouteKind::JsonApi, responder);
+  if (!admitted) return;
   const auto content_type = request.header("Content-Type").value_or("");
   if (content_type.find("application/json") == std::string_view::npos) {
     return responder.send(error_response(core::Error::invalid("Content-Type must be application/json")));
@@ -150,6 +152,7 @@ void App::handle_openai_generations(const http::Request& request, http::Responde
 
   auto batch = std::make_shared<Batch>(parsed->n);
   const bool b64 = parsed->b64;
+  const auto rate_headers = admitted->headers;
   const std::string base_request_id = request.request_id;
   // The URLs are built from this request's Host header, copied for the callbacks.
   auto url_for = [this, host = std::string(request.header("Host").value_or(""))](const storage::CachedImage& image) {
@@ -158,8 +161,8 @@ void App::handle_openai_generations(const http::Request& request, http::Responde
 
   for (std::size_t i = 0; i < resolved_list.size(); ++i) {
     context_.images.fetch_or_generate(
-        resolved_list[i], base_request_id,
-        [batch, i, responder, b64, url_for](core::Result<generation::ImageOutcome> outcome) {
+        resolved_list[i], base_request_id, admitted->caller,
+        [batch, i, responder, b64, url_for, rate_headers](core::Result<generation::ImageOutcome> outcome) {
           {
             std::lock_guard lock(batch->mutex);
             if (!outcome) {
@@ -189,6 +192,7 @@ void App::handle_openai_generations(const http::Request& request, http::Responde
           response.set_body(Json{{"created", static_cast<std::int64_t>(std::time(nullptr))}, {"data", data}}.dump(),
                             "application/json");
           response.set_header("Cache-Control", "no-store");
+          for (const auto& [name, value] : rate_headers) response.set_header(name, value);
           responder.send(std::move(response));
         });
   }

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -43,6 +44,10 @@ class Backend {
   // True for backends that draw images without AI, announced at start-up and
   // in a response header.
   virtual bool is_placeholder() const { return false; }
+
+  // Returns the provider's list price for one image of `spec`, 0 for free
+  // backends, or nullopt when unknown.
+  virtual std::optional<double> list_price(const core::GenerationSpec& spec) const = 0;
 
   // Checks a resolved spec against what the provider accepts, before any
   // call. Errors are InvalidArgument naming the field.

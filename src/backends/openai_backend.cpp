@@ -117,16 +117,35 @@ double openai_list_price(const std::string& model, int width, int height, const 
     if (square) return hd ? 0.08 : 0.04;
     return hd ? 0.12 : 0.08;
   }
+  // "auto" quality is billed like "high" by both GPT image models below.
+  const std::string tier = quality.empty() || quality == "auto" ? "high" : quality;
   if (model == "gpt-image-1") {
-    const std::string q = quality.empty() || quality == "auto" ? "high" : quality;
-    if (q == "low") return square ? 0.011 : 0.016;
-    if (q == "medium") return square ? 0.042 : 0.063;
+    if (tier == "low") return square ? 0.011 : 0.016;
+    if (tier == "medium") return square ? 0.042 : 0.063;
     return square ? 0.167 : 0.25;
+  }
+  if (model.rfind("gpt-image-2", 0) == 0) {
+    const bool standard = (width == 1024 && height == 1024) || (width == 1536 && height == 1024) ||
+                          (width == 1024 && height == 1536);
+    double price = 0.211;
+    if (tier == "low") price = square ? 0.006 : 0.005;
+    else if (tier == "medium") price = square ? 0.053 : 0.041;
+    else price = square ? 0.211 : 0.165;
+    // NOTE: other sizes are an estimate that scales the 1024x1024 price by
+    // area; the provider bills output tokens, which the usage field settles.
+    if (!standard) price = price * (static_cast<double>(width) * height) / (1024.0 * 1024.0);
+    return price;
   }
   return 0.0;
 }
 
 OpenAIBackend::OpenAIBackend(config::BackendConfig config) : config_(std::move(config)) {}
+
+std::optional<double> OpenAIBackend::list_price(const core::GenerationSpec& spec) const {
+  const double price = openai_list_price(spec.model, spec.width, spec.height, spec.quality);
+  if (price > 0) return price;
+  return std::nullopt;
+}
 
 core::Status OpenAIBackend::validate(const core::GenerationSpec& spec) const {
   const OpenAIModelRules rules = openai_model_rules(spec.model);
@@ -244,13 +263,15 @@ core::Result<GeneratedImage> OpenAIBackend::parse_success(const std::string& bod
   if (item.contains("revised_prompt") && item["revised_prompt"].is_string()) image.revised_prompt = item["revised_prompt"];
 
   image.cost_usd = openai_list_price(spec.model, spec.width, spec.height, spec.quality);
-  // gpt-image answers report token usage; tokens are billed per million:
-  // text input $5, image output $40 (gpt-image-1, as of 2026-12).
-  if (json.contains("usage") && json["usage"].is_object() && spec.model == "gpt-image-1") {
+  // GPT image answers report token usage. Text input is $5 per million
+  // tokens; image output is $40 per million for gpt-image-1 and $30 for
+  // gpt-image-2 (OpenAI's price list at each model's launch).
+  const double output_rate = spec.model == "gpt-image-1" ? 40e-6 : spec.model.rfind("gpt-image-2", 0) == 0 ? 30e-6 : 0;
+  if (output_rate > 0 && json.contains("usage") && json["usage"].is_object()) {
     const Json& usage = json["usage"];
     const double input = usage.value("input_tokens", 0.0);
     const double output = usage.value("output_tokens", 0.0);
-    if (input + output > 0) image.cost_usd = input * 5e-6 + output * 40e-6;
+    if (input + output > 0) image.cost_usd = input * 5e-6 + output * output_rate;
   }
   return image;
 }

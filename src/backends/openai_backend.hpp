@@ -23,13 +23,12 @@ struct OpenAIModelRules {
 OpenAIModelRules openai_model_rules(const std::string& model);
 
 // Returns the list price in US dollars of one image, or 0 when unknown.
-// Prices are OpenAI's published per-image prices for the models that had them
-// (dall-e-2 $0.016/$0.018/$0.020 by size; dall-e-3 $0.04 standard and $0.08
-// hd at 1024x1024, $0.08 and $0.12 at the wide sizes; gpt-image-1
-// $0.011/$0.042/$0.167 for low/medium/high at 1024x1024 and $0.016/$0.063/$0.25
-// at the larger sizes).
-// NOTE: newer models are billed by tokens at prices not recorded here, so
-// their cost reads 0 until the cost table in the configuration covers them.
+// Sources, OpenAI's published prices: dall-e-2 $0.016/$0.018/$0.020 by size
+// and dall-e-3 $0.04 standard and $0.08 hd at 1024x1024, $0.08 and $0.12 at
+// the wide sizes (both retired in 2026); gpt-image-1 $0.011/$0.042/$0.167 for
+// low/medium/high at 1024x1024 and $0.016/$0.063/$0.25 at the other sizes;
+// gpt-image-2 (launched 2026-04-21) $0.006/$0.053/$0.211 at 1024x1024 and
+// $0.005/$0.041/$0.165 at 1536x1024 and 1024x1536.
 double openai_list_price(const std::string& model, int width, int height, const std::string& quality);
 
 class OpenAIBackend final : public Backend {
@@ -42,6 +41,7 @@ class OpenAIBackend final : public Backend {
   const std::string& default_model() const override { return config_.model; }
   bool honours_seed() const override { return false; }
   bool supports_negative_prompt() const override { return false; }
+  std::optional<double> list_price(const core::GenerationSpec& spec) const override;
 
   core::Status validate(const core::GenerationSpec& spec) const override;
   core::Result<GeneratedImage> generate(const core::GenerationSpec& spec, const GenerateContext& context) override;

@@ -17,6 +17,7 @@ class PlaceholderBackend final : public Backend {
   bool honours_seed() const override { return true; }
   bool supports_negative_prompt() const override { return true; }
   bool is_placeholder() const override { return true; }
+  std::optional<double> list_price(const core::GenerationSpec&) const override { return 0.0; }
 
   core::Status validate(const core::GenerationSpec& spec) const override;
   core::Result<GeneratedImage> generate(const core::GenerationSpec& spec, const GenerateContext& context) override;

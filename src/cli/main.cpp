@@ -1,6 +1,8 @@
 // pixelgate: AI images by URL. Subcommands: serve, generate, config check.
+#include <algorithm>
 #include <cmath>
 #include <csignal>
+#include <filesystem>
 #include <cstdio>
 #include <fstream>
 #include <future>
@@ -13,6 +15,9 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "admission/budget.hpp"
+#include "admission/gate.hpp"
+#include "admission/url_signing.hpp"
 #include "api/app.hpp"
 #include "cli/runtime.hpp"
 #include "http/server.hpp"
@@ -32,6 +37,12 @@ Usage:
       Generate one image through the same pipeline and cache, and write it to FILE.
   pixelgate config check [FILE]
       Load and validate a configuration, print a summary, exit 0 when valid.
+  pixelgate sign URL [--expires DURATION] [--key ID] [--config FILE]
+      Print URL signed with a signing key (DURATION: 30s, 15m, 1h, 7d).
+  pixelgate keys new [--name NAME]
+      Print a new API key and the configuration lines that accept it.
+  pixelgate costs [--by key|backend|day] [--config FILE]
+      Print the money spent, from the budget ledger.
   pixelgate version
   pixelgate help
 
@@ -117,7 +128,7 @@ int run_serve(const Arguments& args) {
   cli::Runtime& rt = **runtime;
   const auto& server_config = rt.config.server;
 
-  api::App app({rt.config, rt.backends, *rt.resolver, *rt.images, *rt.store, *rt.workers});
+  api::App app({rt.config, rt.backends, *rt.resolver, *rt.images, *rt.store, *rt.workers, *rt.gate});
   http::ServerOptions options;
   options.host = server_config.host;
   options.port = server_config.port;
@@ -221,7 +232,7 @@ int run_generate(const Arguments& args) {
   }
   std::promise<core::Result<generation::ImageOutcome>> promise;
   auto future = promise.get_future();
-  rt.images->fetch_or_generate(*resolved, "cli", [&promise](core::Result<generation::ImageOutcome> outcome) {
+  rt.images->fetch_or_generate(*resolved, "cli", {"cli", "local"}, [&promise](core::Result<generation::ImageOutcome> outcome) {
     promise.set_value(std::move(outcome));
   });
   auto outcome = future.get();
@@ -247,6 +258,115 @@ int run_generate(const Arguments& args) {
   std::fprintf(stderr, "wrote %s (%zu bytes, %s, key %s, cache %s, backend %s)\n", path.c_str(),
                outcome->image->bytes->size(), outcome->image->content_type.c_str(), resolved->key.c_str(),
                std::string(generation::to_string(outcome->state)).c_str(), resolved->spec.backend.c_str());
+  return 0;
+}
+
+// Parses "90", "30s", "15m", "1h" or "7d" into seconds.
+std::optional<std::int64_t> parse_duration(const std::string& text) {
+  if (text.empty()) return std::nullopt;
+  std::int64_t unit = 1;
+  std::string digits = text;
+  switch (text.back()) {
+    case 's': unit = 1; digits.pop_back(); break;
+    case 'm': unit = 60; digits.pop_back(); break;
+    case 'h': unit = 3600; digits.pop_back(); break;
+    case 'd': unit = 86400; digits.pop_back(); break;
+    default: break;
+  }
+  if (digits.empty() || digits.size() > 9 || !std::all_of(digits.begin(), digits.end(), ::isdigit)) return std::nullopt;
+  return std::stoll(digits) * unit;
+}
+
+int run_sign(const Arguments& args) {
+  if (args.positional.size() != 1) {
+    std::fprintf(stderr, "pixelgate sign: give exactly one URL or path, e.g. '/generate-image?prompt=a+dog'\n");
+    return kExitUsage;
+  }
+  auto config = cli::load_config(config_path(args));
+  if (!config) {
+    std::fprintf(stderr, "pixelgate: %s\n", config.error().message.c_str());
+    return kExitUsage;
+  }
+  std::string key_id = config->security.default_signing_key;
+  if (auto it = args.options.find("--key"); it != args.options.end()) key_id = it->second;
+  auto key = config->security.signing_keys.find(key_id);
+  if (key_id.empty() || key == config->security.signing_keys.end()) {
+    std::fprintf(stderr, "pixelgate sign: no signing key \"%s\"; define [security.signing_keys.ID] with secret_env\n",
+                 key_id.c_str());
+    return kExitUsage;
+  }
+  std::optional<std::int64_t> expires;
+  if (auto it = args.options.find("--expires"); it != args.options.end()) {
+    auto seconds = parse_duration(it->second);
+    if (!seconds) {
+      std::fprintf(stderr, "pixelgate sign: --expires takes a duration such as 30s, 15m, 1h or 7d\n");
+      return kExitUsage;
+    }
+    expires = core::SystemClock().unix_seconds() + *seconds;
+  }
+
+  // Keep an origin ("https://host") in front of the signed path and query.
+  std::string url = args.positional[0];
+  std::string origin;
+  if (const std::size_t scheme = url.find("://"); scheme != std::string::npos) {
+    const std::size_t path = url.find('/', scheme + 3);
+    origin = url.substr(0, path);
+    url = path == std::string::npos ? "/" : url.substr(path);
+  }
+  auto signed_url = admission::sign_url(url, {key->first, key->second.secret.value}, expires);
+  if (!signed_url) {
+    std::fprintf(stderr, "pixelgate sign: %s\n", signed_url.error().message.c_str());
+    return kExitUsage;
+  }
+  std::printf("%s%s\n", origin.c_str(), signed_url->c_str());
+  return 0;
+}
+
+int run_keys_new(const Arguments& args) {
+  std::string name = "my-site";
+  if (auto it = args.options.find("--name"); it != args.options.end()) name = it->second;
+  const auto key = admission::generate_api_key();
+  std::printf("API key (shown once; store it in your application's secrets):\n  %s\n\n", key.key.c_str());
+  std::printf("Add to the pixelgate configuration:\n\n[api_keys.%s]\nsha256 = \"%s\"\nscopes = [\"generate\"]\n",
+              name.c_str(), key.sha256.c_str());
+  return 0;
+}
+
+int run_costs(const Arguments& args) {
+  auto config = cli::load_config(config_path(args));
+  if (!config) {
+    std::fprintf(stderr, "pixelgate: %s\n", config.error().message.c_str());
+    return kExitUsage;
+  }
+  std::string by = "key";
+  if (auto it = args.options.find("--by"); it != args.options.end()) by = it->second;
+  const std::string path = cli::ledger_path(*config);
+  if (!std::filesystem::exists(path)) {
+    std::printf("no spending recorded yet (%s does not exist)\n", path.c_str());
+    return 0;
+  }
+  core::SystemClock clock;
+  auto ledger = admission::BudgetLedger::open(path, clock);
+  if (!ledger) {
+    std::fprintf(stderr, "pixelgate costs: %s\n", ledger.error().message.c_str());
+    return kExitFailure;
+  }
+  auto lines = (*ledger)->report(by);
+  if (!lines) {
+    std::fprintf(stderr, "pixelgate costs: %s\n", lines.error().message.c_str());
+    return kExitUsage;
+  }
+  std::printf("%-40s %8s %12s\n", by.c_str(), "images", "usd");
+  double total = 0;
+  int images = 0;
+  for (const auto& line : *lines) {
+    std::printf("%-40s %8d %12.4f\n", line.group.c_str(), line.images, line.usd);
+    total += line.usd;
+    images += line.images;
+  }
+  std::printf("%-40s %8d %12.4f\n", "total", images, total);
+  std::printf("\ntoday (UTC): $%.4f   this month (UTC): $%.4f\n", (*ledger)->spent_today(""),
+              (*ledger)->spent_this_month(""));
   return 0;
 }
 
@@ -291,6 +411,9 @@ int main(int argc, char** argv) {
   Arguments args;
   std::set<std::string> known = {"--config"};
   if (command == "generate") known.insert({"--output", "--template", "--width", "--height", "--seed"});
+  if (command == "sign") known.insert({"--expires", "--key"});
+  if (command == "keys") known.insert("--name");
+  if (command == "costs") known.insert("--by");
   if (auto error = parse_arguments(argc, argv, 2, known, args)) {
     std::fprintf(stderr, "pixelgate %s: %s\n", command.c_str(), error->c_str());
     return kExitUsage;
@@ -300,6 +423,9 @@ int main(int argc, char** argv) {
     if (command == "serve") return run_serve(args);
     if (command == "generate") return run_generate(args);
     if (command == "config" && !args.positional.empty() && args.positional[0] == "check") return run_config_check(args);
+    if (command == "sign") return run_sign(args);
+    if (command == "keys" && args.positional.size() == 1 && args.positional[0] == "new") return run_keys_new(args);
+    if (command == "costs") return run_costs(args);
   } catch (const std::exception& error) {
     std::fprintf(stderr, "pixelgate %s: unexpected error: %s\n", command.c_str(), error.what());
     return kExitFailure;

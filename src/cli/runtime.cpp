@@ -1,5 +1,7 @@
 #include "cli/runtime.hpp"
 
+#include <filesystem>
+
 #include <spdlog/spdlog.h>
 
 #include "backends/http_client.hpp"
@@ -15,6 +17,11 @@ Runtime::~Runtime() {
 
 core::Result<config::Config> load_config(const std::string& path) {
   return config::load_file(path, config::process_environment());
+}
+
+std::string ledger_path(const config::Config& config) {
+  if (!config.budgets.ledger_path.empty()) return config.budgets.ledger_path;
+  return (std::filesystem::path(config.storage.path) / "ledger.sqlite3").string();
 }
 
 core::Result<std::unique_ptr<Runtime>> build_runtime(config::Config config) {
@@ -39,6 +46,16 @@ core::Result<std::unique_ptr<Runtime>> build_runtime(config::Config config) {
   auto store = storage::DiskStore::open(cfg.storage.path);
   if (!store) return std::move(store).error();
   runtime->store = std::move(store).value();
+  auto ledger = admission::BudgetLedger::open(ledger_path(cfg), runtime->clock);
+  if (!ledger) return std::move(ledger).error();
+  runtime->ledger = std::move(ledger).value();
+  runtime->rate_limiter = std::make_unique<admission::InMemoryRateLimiter>(runtime->clock);
+  runtime->gate = std::make_unique<admission::Gate>(cfg, runtime->clock, *runtime->rate_limiter, *runtime->ledger);
+  if (cfg.security.mode == "open") {
+    spdlog::warn("security: mode \"open\": anyone who reaches this server can generate images at your cost. "
+                 "Use it for local development only; set [security] mode = \"signed\" for anything public.");
+  }
+
   runtime->hot_cache = std::make_unique<storage::HotCache>(static_cast<std::size_t>(cfg.storage.hot_cache_bytes),
                                                            static_cast<std::size_t>(cfg.storage.hot_cache_max_object_bytes));
   runtime->workers = std::make_unique<core::WorkerPool>(static_cast<std::size_t>(cfg.limits.workers),
@@ -49,6 +66,7 @@ core::Result<std::unique_ptr<Runtime>> build_runtime(config::Config config) {
   options.generation_timeout = std::chrono::milliseconds(cfg.limits.generation_timeout_ms);
   options.probe_limits.max_bytes = static_cast<std::size_t>(cfg.limits.max_image_bytes);
   options.probe_limits.max_dimension = std::max(cfg.limits.max_dimension, 1);
+  options.guard = runtime->gate.get();
   runtime->images =
       std::make_unique<generation::ImageService>(*runtime->store, *runtime->hot_cache, *runtime->workers, options);
   return runtime;

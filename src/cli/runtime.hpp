@@ -4,7 +4,11 @@
 
 #include <memory>
 
+#include "admission/budget.hpp"
+#include "admission/gate.hpp"
+#include "admission/rate_limiter.hpp"
 #include "config/config.hpp"
+#include "core/clock.hpp"
 #include "core/worker_pool.hpp"
 #include "generation/image_service.hpp"
 #include "generation/resolver.hpp"
@@ -20,6 +24,10 @@ struct Runtime {
   generation::BackendMap backends;
   std::unique_ptr<storage::ObjectStore> store;
   std::unique_ptr<storage::HotCache> hot_cache;
+  core::SystemClock clock;
+  std::unique_ptr<admission::InMemoryRateLimiter> rate_limiter;
+  std::unique_ptr<admission::BudgetLedger> ledger;
+  std::unique_ptr<admission::Gate> gate;
   std::unique_ptr<core::WorkerPool> workers;
   std::unique_ptr<generation::Resolver> resolver;
   std::unique_ptr<generation::ImageService> images;
@@ -33,5 +41,9 @@ core::Result<std::unique_ptr<Runtime>> build_runtime(config::Config config);
 // Loads the configuration from --config PATH (or PIXELGATE_CONFIG) and the
 // environment; an empty path means embedded defaults.
 core::Result<config::Config> load_config(const std::string& path);
+
+// Returns the ledger path: budgets.ledger_path, or ledger.sqlite3 in the
+// storage folder.
+std::string ledger_path(const config::Config& config);
 
 }  // namespace pixelgate::cli

@@ -10,6 +10,7 @@
 
 #include <toml++/toml.h>
 
+#include "core/hash.hpp"
 #include "core/text.hpp"
 
 extern char** environ;
@@ -19,7 +20,8 @@ namespace {
 
 constexpr std::string_view kEnvPrefix = "PIXELGATE_";
 // Sections whose scalar keys can be set from the environment.
-const std::set<std::string> kEnvSections = {"server", "storage", "limits", "logging"};
+const std::vector<std::string> kEnvSections = {"rate_limits", "security", "budgets", "server", "storage", "limits",
+                                                "logging"};
 
 std::string env_name_for(const std::string& section, const std::string& key) {
   std::string name(kEnvPrefix);
@@ -139,6 +141,39 @@ class TableReader {
     out = value;
   }
 
+  void read_string_array(const std::string& key, std::vector<std::string>& out) {
+    if (auto text = env_value(key)) {
+      // From the environment: a comma-separated list.
+      out.clear();
+      std::string_view rest(*text);
+      while (!rest.empty()) {
+        const std::size_t comma = rest.find(',');
+        std::string item(rest.substr(0, comma));
+        item.erase(0, item.find_first_not_of(' '));
+        item.erase(item.find_last_not_of(' ') + 1);
+        if (!item.empty()) out.push_back(item);
+        rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
+      }
+      return;
+    }
+    const toml::node* node = find(key);
+    if (!node) return;
+    const toml::array* array = node->as_array();
+    if (!array) {
+      error(key, std::string("must be an array of strings, got ") + type_name(*node));
+      return;
+    }
+    std::vector<std::string> values;
+    for (const auto& item : *array) {
+      if (!item.is_string()) {
+        error(key, "must be an array of strings");
+        return;
+      }
+      values.push_back(item.as_string()->get());
+    }
+    out = std::move(values);
+  }
+
   // Reads the name of an environment variable and its value into `secret`.
   void read_secret_env(const std::string& key, Secret& secret, const Environment& process_env) {
     std::string name = secret.env_name;
@@ -148,6 +183,9 @@ class TableReader {
     auto it = process_env.find(name);
     secret.value = it == process_env.end() ? std::string{} : it->second;
   }
+
+  // Accepts `key` without reading it, for sub-tables read elsewhere.
+  void mark_known(const std::string& key) { read_keys_.insert(key); }
 
   // Reports every key of the table that no read_* call asked for.
   void finish() {
@@ -277,8 +315,6 @@ void read_backend(TableReader& reader, BackendConfig& backend, const Environment
   reader.read_string("model", backend.model);
   reader.read_string("base_url", backend.base_url);
   reader.read_secret_env("api_key_env", backend.api_key, env);
-  reader.read_string("quality", backend.quality);
-  reader.read_string("style", backend.style);
   reader.read_int("connect_timeout_ms", backend.connect_timeout_ms, 100, 600'000);
   reader.read_int("timeout_ms", backend.timeout_ms, 100, 3'600'000);
   reader.read_int("max_retries", backend.max_retries, 0, 10);
@@ -320,6 +356,134 @@ void read_template(TableReader& reader, TemplateConfig& tmpl) {
     reader.error("prompt", "must contain {prompt}, got \"" + tmpl.prompt + "\"");
   }
   if (tmpl.version.empty()) reader.error("version", "must not be empty");
+}
+
+void read_rate_limits(TableReader& reader, RateLimitsConfig& limits) {
+  reader.read_double("requests_per_second", limits.requests_per_second, 0, 1e6);
+  reader.read_double("burst", limits.burst, 0, 1e7);
+  reader.read_double("generations_per_minute", limits.generations_per_minute, 0, 1e6);
+  reader.read_double("generation_burst", limits.generation_burst, 0, 1e6);
+  if (limits.requests_per_second > 0 && limits.burst < 1) reader.error("burst", "must be at least 1 when requests_per_second is set");
+  if (limits.generations_per_minute > 0 && limits.generation_burst < 1) {
+    reader.error("generation_burst", "must be at least 1 when generations_per_minute is set");
+  }
+}
+
+void read_budgets(TableReader& reader, BudgetsConfig& budgets) {
+  reader.read_double("daily_usd", budgets.daily_usd, 0, 1e9);
+  reader.read_double("monthly_usd", budgets.monthly_usd, 0, 1e9);
+  reader.read_double("unknown_cost_usd", budgets.unknown_cost_usd, 0, 1e6);
+  reader.read_string("ledger_path", budgets.ledger_path);
+}
+
+void read_api_key(TableReader& reader, ApiKeyConfig& key, const RateLimitsConfig& defaults) {
+  reader.read_string("sha256", key.sha256);
+  if (key.sha256.rfind("sha256:", 0) == 0) key.sha256 = key.sha256.substr(7);
+  if (!core::is_sha256_hex(key.sha256)) {
+    reader.error("sha256", "must be the 64 lower-case hex digits that `pixelgate keys new` prints");
+  }
+  reader.read_string_array("scopes", key.scopes);
+  for (const auto& scope : key.scopes) {
+    if (scope != "generate" && scope != "admin") {
+      reader.error("scopes", "unknown scope \"" + scope + "\"; use \"generate\" or \"admin\"");
+    }
+  }
+  RateLimitsConfig limits = defaults;
+  read_rate_limits(reader, limits);
+  const bool overridden = limits.requests_per_second != defaults.requests_per_second || limits.burst != defaults.burst ||
+                          limits.generations_per_minute != defaults.generations_per_minute ||
+                          limits.generation_burst != defaults.generation_burst;
+  if (overridden) key.rate_limits = limits;
+  reader.read_double("daily_usd", key.daily_usd, 0, 1e9);
+  reader.read_double("monthly_usd", key.monthly_usd, 0, 1e9);
+  reader.read_int("max_concurrent_generations", key.max_concurrent_generations, 0, 100000);
+}
+
+void read_security(const toml::table& root, Config& config, const Environment& env, std::set<std::string>& used_env,
+                   std::vector<std::string>& errors, bool embedded) {
+  SecurityConfig& security = config.security;
+  // Without any file, pixelgate is a development server on loopback.
+  if (embedded) security.mode = "open";
+  const toml::table* table = sub_table(root, "security", errors);
+  TableReader reader(table, "security", errors, &env, &used_env);
+  reader.read_string("mode", security.mode, {"signed", "open", "templates"});
+  reader.read_string_array("public_templates", security.public_templates);
+  reader.read_string_array("trusted_proxies", security.trusted_proxies);
+  reader.read_string("default_signing_key", security.default_signing_key);
+  if (security.mode == "templates" && security.public_templates.empty()) {
+    reader.error("public_templates", "must list at least one template when mode is \"templates\"");
+  }
+
+  const toml::table* keys = nullptr;
+  if (table) {
+    if (const toml::node* node = table->get("signing_keys")) {
+      reader.mark_known("signing_keys");
+      keys = node->as_table();
+      if (!keys) errors.push_back("security.signing_keys: must be a table");
+    }
+  }
+  reader.finish();
+  if (keys) {
+    for (const auto& [key, node] : *keys) {
+      const std::string id(key.str());
+      const std::string path = "security.signing_keys." + id;
+      if (!node.is_table()) {
+        errors.push_back(path + ": must be a table");
+        continue;
+      }
+      SigningKeyConfig signing;
+      signing.id = id;
+      TableReader key_reader(node.as_table(), path, errors);
+      key_reader.read_secret_env("secret_env", signing.secret, env);
+      key_reader.read_double("daily_usd", signing.daily_usd, 0, 1e9);
+      key_reader.read_double("monthly_usd", signing.monthly_usd, 0, 1e9);
+      if (signing.secret.env_name.empty()) {
+        key_reader.error("secret_env", "missing; name the environment variable that holds the secret");
+      } else if (signing.secret.value.size() < 16) {
+        key_reader.error("secret_env", "the environment variable " + signing.secret.env_name +
+                                           " is unset or shorter than 16 bytes; generate one with `openssl rand "
+                                           "-base64 32`");
+      }
+      key_reader.finish();
+      security.signing_keys.emplace(id, std::move(signing));
+    }
+  }
+  if (!security.default_signing_key.empty() && !security.signing_keys.count(security.default_signing_key)) {
+    errors.push_back("security.default_signing_key: \"" + security.default_signing_key +
+                     "\" is not defined under [security.signing_keys]");
+  }
+  if (security.default_signing_key.empty() && !security.signing_keys.empty()) {
+    security.default_signing_key = security.signing_keys.begin()->first;
+  }
+}
+
+void read_costs(const toml::table& root, std::vector<CostEntry>& costs, std::vector<std::string>& errors) {
+  const toml::node* node = root.get("costs");
+  if (!node) return;
+  const toml::array* rows = node->as_array();
+  if (!rows) {
+    errors.push_back("costs: must be an array of tables ([[costs]])");
+    return;
+  }
+  for (std::size_t i = 0; i < rows->size(); ++i) {
+    const std::string path = "costs[" + std::to_string(i) + "]";
+    const toml::table* row = (*rows)[i].as_table();
+    if (!row) {
+      errors.push_back(path + ": must be a table");
+      continue;
+    }
+    CostEntry entry;
+    TableReader reader(row, path, errors);
+    reader.read_string("backend", entry.backend);
+    reader.read_string("model", entry.model);
+    reader.read_string("size", entry.size);
+    reader.read_string("quality", entry.quality);
+    entry.usd = -1;
+    reader.read_double("usd", entry.usd, 0, 1e6);
+    if (entry.usd < 0) reader.error("usd", "missing; give the price of one image in US dollars");
+    reader.finish();
+    costs.push_back(std::move(entry));
+  }
 }
 
 bool is_valid_name(const std::string& name) {
@@ -390,8 +554,10 @@ Environment process_environment() {
   return env;
 }
 
-core::Result<Config> load_from_string(const std::string& toml_text, const std::string& source_name,
-                                      const Environment& env) {
+namespace {
+
+core::Result<Config> load(const std::string& toml_text, const std::string& source_name, const Environment& env,
+                          bool embedded) {
   toml::table root;
   try {
     root = toml::parse(toml_text, source_name);
@@ -405,8 +571,9 @@ core::Result<Config> load_from_string(const std::string& toml_text, const std::s
   std::vector<std::string> errors;
   std::set<std::string> used_env;
 
-  const std::set<std::string> known_sections = {"server", "storage", "limits", "logging", "backends", "templates",
-                                                "default_backend"};
+  const std::set<std::string> known_sections = {"server",    "storage",     "limits",   "logging", "backends",
+                                                "templates", "rate_limits", "security", "budgets", "costs",
+                                                "api_keys",  "default_backend"};
   for (const auto& [key, node] : root) {
     if (!known_sections.count(std::string(key.str()))) errors.push_back(std::string(key.str()) + ": unknown key");
   }
@@ -428,15 +595,28 @@ core::Result<Config> load_from_string(const std::string& toml_text, const std::s
   read_section("limits", [&](TableReader& r) { read_limits(r, config.limits); });
   read_section("logging", [&](TableReader& r) { read_logging(r, config.logging); });
 
+  read_section("rate_limits", [&](TableReader& r) { read_rate_limits(r, config.rate_limits); });
+  read_section("budgets", [&](TableReader& r) { read_budgets(r, config.budgets); });
+  read_security(root, config, env, used_env, errors, embedded);
+
   // A PIXELGATE_SERVER_FOO that matches no key is a typo worth failing on.
   for (const auto& [name, value] : env) {
     if (name.rfind(kEnvPrefix, 0) != 0 || used_env.count(name)) continue;
     const std::string rest = core::to_lower_ascii(name.substr(kEnvPrefix.size()));
-    const std::size_t underscore = rest.find('_');
-    if (underscore != std::string::npos && kEnvSections.count(rest.substr(0, underscore))) {
-      errors.push_back(name + ": unknown setting " + rest.substr(0, underscore) + "." + rest.substr(underscore + 1));
+    for (const auto& section : kEnvSections) {
+      if (rest.rfind(section + "_", 0) == 0) {
+        errors.push_back(name + ": unknown setting " + section + "." + rest.substr(section.size() + 1));
+        break;
+      }
     }
   }
+  read_costs(root, config.costs, errors);
+  read_named_tables(root, "api_keys", errors, [&](const std::string& name, TableReader& reader) {
+    ApiKeyConfig key;
+    key.name = name;
+    read_api_key(reader, key, config.rate_limits);
+    config.api_keys.emplace(name, std::move(key));
+  });
 
   read_named_tables(root, "backends", errors, [&](const std::string& name, TableReader& reader) {
     BackendConfig backend;
@@ -472,6 +652,12 @@ core::Result<Config> load_from_string(const std::string& toml_text, const std::s
     config.templates.emplace("default", tmpl);
   }
 
+  for (const auto& name : config.security.public_templates) {
+    if (!config.templates.count(name)) {
+      errors.push_back("security.public_templates: \"" + name + "\" is not defined under [templates]");
+    }
+  }
+
   if (!errors.empty()) {
     std::string message = "invalid configuration in " + source_name + ":";
     for (const auto& line : errors) message += "\n  " + line;
@@ -480,8 +666,15 @@ core::Result<Config> load_from_string(const std::string& toml_text, const std::s
   return config;
 }
 
+}  // namespace
+
+core::Result<Config> load_from_string(const std::string& toml_text, const std::string& source_name,
+                                      const Environment& env) {
+  return load(toml_text, source_name, env, false);
+}
+
 core::Result<Config> load_file(const std::string& path, const Environment& env) {
-  if (path.empty()) return load_from_string("", "embedded defaults", env);
+  if (path.empty()) return load("", "embedded defaults", env, true);
   std::ifstream file(path, std::ios::binary);
   if (!file) return core::Error::invalid("cannot read configuration file \"" + path + "\": " + std::strerror(errno));
   std::ostringstream text;

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -54,6 +55,63 @@ struct LimitsConfig {
   int generation_timeout_ms = 180'000;
   std::int64_t max_image_bytes = 32LL * 1024 * 1024;
   int max_batch = 4;  // largest `n` accepted on the OpenAI-compatible route
+  int max_concurrent_generations = 32;         // backend calls in flight, all callers
+  int max_concurrent_generations_per_key = 8;  // per API key, signing key or client address
+};
+
+// Token buckets applied per client address and per API key. A rate of 0
+// disables that limit.
+struct RateLimitsConfig {
+  double requests_per_second = 100;  // image requests, hits included
+  double burst = 200;
+  double generations_per_minute = 10;  // requests that start a generation
+  double generation_burst = 5;
+};
+
+struct SigningKeyConfig {
+  std::string id;
+  Secret secret;  // from the variable named by secret_env
+  double daily_usd = 0;  // budget for images generated through this key; 0 = none
+  double monthly_usd = 0;
+};
+
+struct ApiKeyConfig {
+  std::string name;
+  std::string sha256;                          // hex SHA-256 of the key; the key itself is never stored
+  std::vector<std::string> scopes = {"generate"};  // "generate", "admin"
+  std::optional<RateLimitsConfig> rate_limits;  // overrides [rate_limits] for this key
+  double daily_usd = 0;
+  double monthly_usd = 0;
+  int max_concurrent_generations = 0;  // 0 = limits.max_concurrent_generations_per_key
+};
+
+struct SecurityConfig {
+  // "signed": image routes need a signed URL or an API key. "open": no
+  // checks, for local development. "templates": like "signed", except that
+  // the templates in public_templates may be used without either.
+  std::string mode = "signed";
+  std::vector<std::string> public_templates;
+  std::vector<std::string> trusted_proxies;  // CIDRs whose X-Forwarded-For and Forwarded headers are believed
+  std::map<std::string, SigningKeyConfig> signing_keys;
+  std::string default_signing_key;  // used by `pixelgate sign` without --key
+};
+
+struct BudgetsConfig {
+  double daily_usd = 0;    // all callers together; 0 = unlimited
+  double monthly_usd = 0;
+  // Reserved for a call whose price neither the cost table nor the adapter
+  // knows, so budgets still bound spending.
+  double unknown_cost_usd = 0.25;
+  std::string ledger_path;  // empty = <storage.path>/ledger.sqlite3
+};
+
+// One row of the cost table; "*" matches anything.
+struct CostEntry {
+  std::string backend = "*";
+  std::string model = "*";
+  std::string size = "*";  // "WIDTHxHEIGHT"
+  std::string quality = "*";
+  double usd = 0;
 };
 
 struct LoggingConfig {
@@ -68,8 +126,6 @@ struct BackendConfig {
   std::string model;
   std::string base_url;       // openai: e.g. "https://api.openai.com/v1"; no default
   Secret api_key;             // openai: from the variable named by api_key_env
-  std::string quality;        // openai: model-specific quality, empty = the model's default
-  std::string style;          // openai dall-e-3: "vivid" or "natural", empty = default
   int connect_timeout_ms = 5'000;
   int timeout_ms = 120'000;   // one attempt, transfer included
   int max_retries = 2;
@@ -98,6 +154,11 @@ struct Config {
   StorageConfig storage;
   LimitsConfig limits;
   LoggingConfig logging;
+  RateLimitsConfig rate_limits;
+  SecurityConfig security;
+  BudgetsConfig budgets;
+  std::vector<CostEntry> costs;
+  std::map<std::string, ApiKeyConfig> api_keys;
   std::map<std::string, BackendConfig> backends;
   std::map<std::string, TemplateConfig> templates;
   std::string default_backend;
@@ -111,13 +172,15 @@ using Environment = std::map<std::string, std::string>;
 // Returns the process environment as a map.
 Environment process_environment();
 
-// Parses TOML text (empty text = embedded defaults), applies overrides from
-// `env` and validates. The error lists every problem, one per line, each with
-// its key path (e.g. "server.port: must be between 1 and 65535, got 0").
+// Parses TOML text, applies overrides from `env` and validates. The error
+// lists every problem, one per line, each with its key path (e.g.
+// "server.port: must be between 0 and 65535, got 70000").
 core::Result<Config> load_from_string(const std::string& toml_text, const std::string& source_name,
                                       const Environment& env);
 
-// Reads `path` and calls load_from_string. An empty path means embedded defaults.
+// Reads `path` and calls load_from_string. An empty path means the embedded
+// defaults, a development set-up whose security.mode is "open" (any file
+// defaults to "signed").
 core::Result<Config> load_file(const std::string& path, const Environment& env);
 
 }  // namespace pixelgate::config

@@ -11,6 +11,7 @@ std::string_view to_string(ErrorCode code) noexcept {
     case ErrorCode::MethodNotAllowed: return "method_not_allowed";
     case ErrorCode::PayloadTooLarge: return "payload_too_large";
     case ErrorCode::ResourceExhausted: return "rate_limited";
+    case ErrorCode::BudgetExhausted: return "budget_exhausted";
     case ErrorCode::ContentRefused: return "content_refused";
     case ErrorCode::Unavailable: return "unavailable";
     case ErrorCode::DeadlineExceeded: return "timed_out";
@@ -30,6 +31,7 @@ int http_status(ErrorCode code) noexcept {
     case ErrorCode::PayloadTooLarge: return 413;
     case ErrorCode::ContentRefused: return 422;
     case ErrorCode::ResourceExhausted: return 429;
+    case ErrorCode::BudgetExhausted: return 429;
     case ErrorCode::Internal: return 500;
     case ErrorCode::BadGateway: return 502;
     case ErrorCode::Unavailable: return 503;

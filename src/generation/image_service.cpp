@@ -89,7 +89,7 @@ std::shared_ptr<const storage::CachedImage> ImageService::find_hot(const std::st
 }
 
 void ImageService::fetch_or_generate(const ResolvedRequest& resolved, const std::string& request_id,
-                                     Completion done) {
+                                     const core::GenerationCaller& caller, Completion done) {
   if (!resolved.spec.random_seed) {
     if (auto image = hot_cache_.find(resolved.key)) {
       done(ImageOutcome{std::move(image), CacheState::Hit, {}, 0});
@@ -108,8 +108,8 @@ void ImageService::fetch_or_generate(const ResolvedRequest& resolved, const std:
   }
 
   const auto queued_at = Clock::now();
-  const bool submitted = workers_.try_submit([this, resolved, request_id, queued_at] {
-    run_flight(resolved, request_id, queued_at);
+  const bool submitted = workers_.try_submit([this, resolved, request_id, caller, queued_at] {
+    run_flight(resolved, request_id, caller, queued_at);
   });
   if (!submitted) {
     spdlog::warn("generation: worker queue full; rejecting request {} for {}", request_id, resolved.key);
@@ -150,7 +150,7 @@ core::Result<std::shared_ptr<const storage::CachedImage>> ImageService::load(con
 }
 
 void ImageService::run_flight(const ResolvedRequest& resolved, const std::string& request_id,
-                              Clock::time_point queued_at) {
+                              const core::GenerationCaller& caller, Clock::time_point queued_at) {
   StageTimings timings;
   timings.queue_ms = elapsed_ms(queued_at);
 
@@ -167,7 +167,7 @@ void ImageService::run_flight(const ResolvedRequest& resolved, const std::string
   }
 
   try {
-    finish(resolved.key, generate(resolved, request_id, timings));
+    finish(resolved.key, generate(resolved, request_id, caller, timings));
   } catch (const std::exception& error) {
     spdlog::error("generation: request {} for {} threw: {}", request_id, resolved.key, error.what());
     finish(resolved.key, core::Error::internal("generation failed unexpectedly"));
@@ -175,7 +175,30 @@ void ImageService::run_flight(const ResolvedRequest& resolved, const std::string
 }
 
 core::Result<ImageOutcome> ImageService::generate(const ResolvedRequest& resolved, const std::string& request_id,
-                                                  StageTimings timings) {
+                                                  const core::GenerationCaller& caller, StageTimings timings) {
+  core::GenerationGuard* guard = options_.guard;
+  if (!guard) return call_backend(resolved, request_id, timings);
+
+  auto permit = guard->acquire(resolved.spec, resolved.key, caller, resolved.backend->list_price(resolved.spec));
+  if (!permit) return std::move(permit).error();
+  // The permit must be released whatever happens, or its reservation and
+  // concurrency slot would leak.
+  core::Result<ImageOutcome> outcome = core::Error::internal("generation failed unexpectedly");
+  try {
+    outcome = call_backend(resolved, request_id, timings);
+  } catch (const std::exception& error) {
+    spdlog::error("generation: request {} for {} threw: {}", request_id, resolved.key, error.what());
+  }
+  if (!outcome) {
+    guard->release(*permit, false, 0);
+    return outcome;
+  }
+  outcome->cost_usd = guard->release(*permit, true, outcome->cost_usd);
+  return outcome;
+}
+
+core::Result<ImageOutcome> ImageService::call_backend(const ResolvedRequest& resolved, const std::string& request_id,
+                                                      StageTimings timings) {
   const auto& spec = resolved.spec;
   spdlog::info("generation: start {} for request {} on backend {} (model {}, {}x{})", resolved.key, request_id,
                spec.backend, spec.model, spec.width, spec.height);

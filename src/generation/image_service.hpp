@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/error.hpp"
+#include "core/generation_guard.hpp"
 #include "core/worker_pool.hpp"
 #include "generation/resolver.hpp"
 #include "imaging/image.hpp"
@@ -44,6 +45,8 @@ using Completion = std::function<void(core::Result<ImageOutcome>)>;
 struct ImageServiceOptions {
   std::chrono::milliseconds generation_timeout{180'000};
   imaging::ProbeLimits probe_limits;
+  // Consulted before every backend call; null admits everything.
+  core::GenerationGuard* guard = nullptr;
 };
 
 // Thread-safety: all public members may be called from any thread. Every
@@ -61,8 +64,10 @@ class ImageService {
   std::shared_ptr<const storage::CachedImage> find_hot(const std::string& key);
 
   // Serves `resolved` from the store or generates it, coalescing concurrent
-  // requests for the same key into one backend call.
-  void fetch_or_generate(const ResolvedRequest& resolved, const std::string& request_id, Completion done);
+  // requests for the same key into one backend call. The first caller of a
+  // generation is the one its rate limits, caps and budget apply to.
+  void fetch_or_generate(const ResolvedRequest& resolved, const std::string& request_id,
+                         const core::GenerationCaller& caller, Completion done);
 
   // Loads an already stored image by key; NotFound when there is none.
   void fetch_stored(const std::string& key, Completion done);
@@ -82,10 +87,12 @@ class ImageService {
     std::vector<Waiter> waiters;
   };
 
-  void run_flight(const ResolvedRequest& resolved, const std::string& request_id,
+  void run_flight(const ResolvedRequest& resolved, const std::string& request_id, const core::GenerationCaller& caller,
                   std::chrono::steady_clock::time_point queued_at);
   core::Result<ImageOutcome> generate(const ResolvedRequest& resolved, const std::string& request_id,
-                                      StageTimings timings);
+                                      const core::GenerationCaller& caller, StageTimings timings);
+  core::Result<ImageOutcome> call_backend(const ResolvedRequest& resolved, const std::string& request_id,
+                                          StageTimings timings);
   core::Result<std::shared_ptr<const storage::CachedImage>> load(const std::string& key);
   void finish(const std::string& key, const core::Result<ImageOutcome>& result);
 

@@ -319,7 +319,9 @@ class Session : public std::enable_shared_from_this<Session> {
 
     const std::uint64_t body_bytes = response.body ? response.body->size() : 0;
     if (!head_) message->body() = std::move(response.body);
-    message->content_length(body_bytes);
+    // A 304 must not claim a length other than the 200's, and 204 has none,
+    // so neither gets Content-Length. HEAD gets the length of the GET body.
+    if (response.status != 304 && response.status != 204) message->content_length(body_bytes);
 
     record_.status = response.status;
     record_.body_bytes = head_ ? 0 : body_bytes;
