@@ -26,6 +26,7 @@ class CountingBackend final : public backends::Backend {
   const std::string& default_model() const override { return name_; }
   bool honours_seed() const override { return true; }
   bool supports_negative_prompt() const override { return false; }
+  std::optional<double> list_price(const core::GenerationSpec&) const override { return 0.25; }
   core::Status validate(const core::GenerationSpec&) const override { return core::Ok{}; }
 
   core::Result<backends::GeneratedImage> generate(const core::GenerationSpec& spec,
@@ -62,6 +63,29 @@ class CountingBackend final : public backends::Backend {
   std::string name_ = "counting";
 };
 
+const core::GenerationCaller kCaller{"anonymous", "127.0.0.1"};
+
+// A guard that admits a fixed number of generations and records releases.
+class CountingGuard final : public core::GenerationGuard {
+ public:
+  explicit CountingGuard(int allowed) : allowed_(allowed) {}
+  core::Result<std::int64_t> acquire(const core::GenerationSpec&, const std::string&, const core::GenerationCaller&,
+                                     std::optional<double> estimate) override {
+    last_estimate = estimate;
+    if (allowed_-- <= 0) return core::Error{core::ErrorCode::BudgetExhausted, "budget used up", {}, 60};
+    return ++acquired;
+  }
+  double release(std::int64_t, bool succeeded, double actual) override {
+    (succeeded ? settled : refunded)++;
+    return succeeded ? actual + 1.0 : 0.0;
+  }
+  int allowed_;
+  std::int64_t acquired = 0;
+  int settled = 0;
+  int refunded = 0;
+  std::optional<double> last_estimate;
+};
+
 class ImageServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -92,7 +116,7 @@ class ImageServiceTest : public ::testing::Test {
   std::future<core::Result<generation::ImageOutcome>> start(const generation::ResolvedRequest& resolved) {
     auto promise = std::make_shared<std::promise<core::Result<generation::ImageOutcome>>>();
     auto future = promise->get_future();
-    service_->fetch_or_generate(resolved, "test", [promise](core::Result<generation::ImageOutcome> outcome) {
+    service_->fetch_or_generate(resolved, "test", kCaller, [promise](core::Result<generation::ImageOutcome> outcome) {
       promise->set_value(std::move(outcome));
     });
     return future;
@@ -113,6 +137,51 @@ class ImageServiceTest : public ::testing::Test {
 };
 
 }  // namespace
+
+TEST_F(ImageServiceTest, GuardRejectionReachesAllWaiters) {
+  CountingGuard guard(0);
+  generation::ImageServiceOptions options;
+  options.guard = &guard;
+  generation::ImageService guarded(*store_, hot_cache_, workers_, options);
+  const auto resolved = request("over budget");
+  std::vector<std::future<core::Result<generation::ImageOutcome>>> futures;
+  for (int i = 0; i < 5; ++i) {
+    auto promise = std::make_shared<std::promise<core::Result<generation::ImageOutcome>>>();
+    futures.push_back(promise->get_future());
+    guarded.fetch_or_generate(resolved, "test", kCaller, [promise](core::Result<generation::ImageOutcome> outcome) {
+      promise->set_value(std::move(outcome));
+    });
+  }
+  for (auto& future : futures) {
+    auto outcome = future.get();
+    ASSERT_FALSE(outcome.ok());
+    EXPECT_EQ(outcome.error().code, core::ErrorCode::BudgetExhausted);
+  }
+  EXPECT_EQ(backend_.calls.load(), 0);
+  EXPECT_EQ(guard.last_estimate, 0.25);
+}
+
+TEST_F(ImageServiceTest, GuardSettlesSuccessAndRefundsFailure) {
+  backend_.release();
+  CountingGuard guard(10);
+  generation::ImageServiceOptions options;
+  options.guard = &guard;
+  generation::ImageService guarded(*store_, hot_cache_, workers_, options);
+  auto run = [&](const generation::ResolvedRequest& resolved) {
+    std::promise<core::Result<generation::ImageOutcome>> promise;
+    guarded.fetch_or_generate(resolved, "test", kCaller, [&promise](core::Result<generation::ImageOutcome> outcome) {
+      promise.set_value(std::move(outcome));
+    });
+    return promise.get_future().get();
+  };
+  auto success = run(request("settled"));
+  ASSERT_TRUE(success.ok());
+  EXPECT_DOUBLE_EQ(success->cost_usd, 1.25);  // the guard's answer becomes the reported cost
+  backend_.fail = true;
+  EXPECT_FALSE(run(request("refunded")).ok());
+  EXPECT_EQ(guard.settled, 1);
+  EXPECT_EQ(guard.refunded, 1);
+}
 
 TEST_F(ImageServiceTest, ConcurrentMissesMakeOneCall) {
   const auto resolved = request("a dog");
@@ -172,7 +241,7 @@ TEST_F(ImageServiceTest, FailureReachesEveryWaiterAndIsNotStored) {
 
 TEST_F(ImageServiceTest, AbandonedGenerationIsStillStored) {
   const auto resolved = request("nobody waits");
-  service_->fetch_or_generate(resolved, "gone", [](core::Result<generation::ImageOutcome>) {});
+  service_->fetch_or_generate(resolved, "gone", kCaller, [](core::Result<generation::ImageOutcome>) {});
   wait_for_calls(1);
   backend_.release();
   EXPECT_EQ(service_->drain(std::chrono::seconds(10)), 0u);
@@ -199,7 +268,7 @@ TEST_F(ImageServiceTest, StoredImageSurvivesNewService) {
   storage::HotCache empty_cache(1024 * 1024, 1024 * 1024);
   generation::ImageService fresh(*store_, empty_cache, workers_, {});
   std::promise<core::Result<generation::ImageOutcome>> promise;
-  fresh.fetch_or_generate(resolved, "test", [&promise](core::Result<generation::ImageOutcome> outcome) {
+  fresh.fetch_or_generate(resolved, "test", kCaller, [&promise](core::Result<generation::ImageOutcome> outcome) {
     promise.set_value(std::move(outcome));
   });
   auto outcome = promise.get_future().get();
@@ -221,6 +290,7 @@ TEST_F(ImageServiceTest, WrongSizeIsRejected) {
     const std::string& default_model() const override { return name_; }
     bool honours_seed() const override { return true; }
     bool supports_negative_prompt() const override { return false; }
+    std::optional<double> list_price(const core::GenerationSpec&) const override { return std::nullopt; }
     core::Status validate(const core::GenerationSpec&) const override { return core::Ok{}; }
     core::Result<backends::GeneratedImage> generate(const core::GenerationSpec&,
                                                     const backends::GenerateContext&) override {

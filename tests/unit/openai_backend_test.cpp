@@ -87,7 +87,10 @@ TEST(OpenAIPrice, ListPrices) {
   EXPECT_DOUBLE_EQ(backends::openai_list_price("dall-e-3", 1024, 1024, "hd"), 0.08);
   EXPECT_DOUBLE_EQ(backends::openai_list_price("dall-e-3", 1792, 1024, ""), 0.08);
   EXPECT_DOUBLE_EQ(backends::openai_list_price("gpt-image-1", 1024, 1024, "low"), 0.011);
-  EXPECT_DOUBLE_EQ(backends::openai_list_price("gpt-image-2", 1024, 1024, "low"), 0.0);
+  EXPECT_DOUBLE_EQ(backends::openai_list_price("gpt-image-2", 1024, 1024, "low"), 0.006);
+  EXPECT_DOUBLE_EQ(backends::openai_list_price("gpt-image-2", 1536, 1024, "high"), 0.165);
+  EXPECT_DOUBLE_EQ(backends::openai_list_price("gpt-image-2", 2048, 2048, "low"), 0.024);  // area estimate
+  EXPECT_DOUBLE_EQ(backends::openai_list_price("some-local-model", 512, 512, ""), 0.0);
 }
 
 TEST(RetryDelay, HonoursRetryAfter) {
