@@ -118,19 +118,23 @@ Admission Gate::admit(const RequestInfo& request, RouteKind route) const {
   if (!request.authorization.empty()) {
     const std::string_view token = bearer_token(request.authorization);
     const config::ApiKeyConfig* key = find_api_key(token);
-    if (!key) {
+    if (!key && mode == "open") {
+      // OpenAI client libraries always send a key; in open mode an unknown
+      // one is ignored rather than rejected.
+      admission.caller.principal = "anonymous";
+    } else if (!key) {
       spdlog::warn("admission: rejected an invalid API key ending in {} from {}", core::redact_secret(token),
                    admission.caller.client_address);
       admission.error = core::Error{core::ErrorCode::Unauthenticated,
                                     "invalid API key; send Authorization: Bearer <key>", {}, 0};
       admission.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"pixelgate\", error=\"invalid_token\"");
       return admission;
-    }
-    if (std::find(key->scopes.begin(), key->scopes.end(), "generate") == key->scopes.end()) {
+    } else if (std::find(key->scopes.begin(), key->scopes.end(), "generate") == key->scopes.end()) {
       admission.error = permission_denied("API key \"" + key->name + "\" lacks the generate scope");
       return admission;
+    } else {
+      admission.caller.principal = std::string(kApiKeyPrefix) + key->name;
     }
-    admission.caller.principal = std::string(kApiKeyPrefix) + key->name;
   } else if (route == RouteKind::ImageUrl && has_signature(request.query)) {
     auto verified = verify_signed_request(request.path, request.query, signing_keys_, clock_);
     if (!verified) {
@@ -161,7 +165,9 @@ Admission Gate::admit(const RequestInfo& request, RouteKind route) const {
   if (route == RouteKind::ImageUrl && admission.params.empty()) {
     auto params = core::parse_query(request.query);
     if (!params) {
-      admission.error = core::Error::invalid("the query string has a malformed percent-escape (expected %XX)");
+      const std::string name = core::malformed_parameter(request.query);
+      admission.error = core::Error::invalid(
+          "parameter \"" + name + "\" has a malformed percent-escape; write % as %25 and escapes as %XX", name);
       return admission;
     }
     admission.params = std::move(*params);

@@ -27,7 +27,12 @@ bool parse_size(std::string_view text, int& width, int& height) {
 
 core::Result<generation::ImageRequest> parse_image_query(std::string_view query, bool template_from_query) {
   auto params = core::parse_query(query);
-  if (!params) return core::Error::invalid("the query string has a malformed percent-escape (expected %XX)");
+  if (!params) {
+    const std::string name = core::malformed_parameter(query);
+    return core::Error::invalid("parameter \"" + name + "\" has a malformed percent-escape; write % as %25 and "
+                                "escapes as %XX",
+                                name);
+  }
   return parse_image_params(*params, template_from_query);
 }
 

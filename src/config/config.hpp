@@ -27,7 +27,7 @@ struct ServerConfig {
   int port = 8080;
   int threads = 0;  // event-loop threads; 0 = one per CPU core
   int max_connections = 10000;
-  std::int64_t header_limit_bytes = 16 * 1024;
+  std::int64_t header_limit_bytes = 64 * 1024;  // room for a long percent-encoded prompt in the URL
   std::int64_t body_limit_bytes = 1024 * 1024;
   int header_timeout_ms = 10'000;  // from connection or keep-alive to the end of the headers
   int idle_timeout_ms = 60'000;    // keep-alive connection with no request

@@ -70,6 +70,19 @@ std::optional<QueryParams> parse_query(std::string_view query) {
   return params;
 }
 
+std::string malformed_parameter(std::string_view query) {
+  while (!query.empty()) {
+    const std::size_t amp = query.find('&');
+    const std::string_view piece = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
+    if (!percent_decode(piece, true)) {
+      const std::string_view name = piece.substr(0, piece.find('='));
+      return percent_decode(name, true).value_or(std::string(name));
+    }
+  }
+  return {};
+}
+
 bool is_valid_utf8(std::string_view text) noexcept {
   const auto* p = reinterpret_cast<const unsigned char*>(text.data());
   const auto* end = p + text.size();

@@ -24,6 +24,11 @@ using QueryParams = std::vector<std::pair<std::string, std::string>>;
 // nullopt when any escape is malformed.
 std::optional<QueryParams> parse_query(std::string_view query);
 
+// Returns the name of the first parameter whose name or value has a
+// malformed escape, decoded where possible (else as written), for error
+// messages. Empty when every escape is well-formed.
+std::string malformed_parameter(std::string_view query);
+
 // Returns true when `text` is well-formed UTF-8 (no overlong forms, no
 // surrogates, nothing above U+10FFFF).
 bool is_valid_utf8(std::string_view text) noexcept;

@@ -24,7 +24,7 @@ std::string apply_template(const config::TemplateConfig& tmpl, const std::string
 Resolver::Resolver(const config::Config& config, const BackendMap& backends) : config_(config), backends_(backends) {}
 
 core::Status Resolver::validate_prompt(const std::string& prompt) const {
-  if (prompt.empty()) return core::Error::invalid("prompt is missing; pass the image description as ?prompt=...", "prompt");
+  if (prompt.empty()) return core::Error::invalid("prompt is missing or empty; give a description of the image", "prompt");
   if (!core::is_valid_utf8(prompt)) return core::Error::invalid("prompt is not valid UTF-8", "prompt");
   if (core::has_control_characters(prompt)) {
     return core::Error::invalid("prompt contains control characters (newline, tab or other); remove them", "prompt");

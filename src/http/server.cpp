@@ -153,12 +153,16 @@ class Session : public std::enable_shared_from_this<Session> {
     asio::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->read_header(); });
   }
 
-  // Closes the connection if it is waiting for a request; a connection with a
-  // request in progress closes after its response. Runs on the session's strand.
+  // Closes the connection unless a request is in progress: one waiting
+  // between keep-alive requests, or one that has not sent a byte yet. A
+  // connection with a request in progress closes after its response. Runs on
+  // the session's strand.
   void close_if_idle() {
     asio::post(stream_.get_executor(), [self = shared_from_this()] {
       self->closing_ = true;
-      if (self->idle_) {
+      const bool nothing_received = self->reading_ && self->buffer_.size() == 0 &&
+                                    !(self->parser_ && self->parser_->got_some());
+      if (self->idle_ || nothing_received) {
         beast::error_code ec;
         self->stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
         self->stream_.close();
@@ -180,12 +184,33 @@ class Session : public std::enable_shared_from_this<Session> {
     });
   }
 
+  // Starts the header timeout. It uses its own timer rather than the
+  // stream's, because the stream's timeout closes the socket, and a client
+  // that sent part of a request should still get its 408.
+  void start_request_timer() {
+    reading_ = true;
+    timed_out_ = false;
+    stream_.expires_never();
+    request_timer_.expires_after(std::chrono::milliseconds(server_.options.header_timeout_ms));
+    request_timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (ec || !self->reading_) return;
+      self->timed_out_ = true;
+      beast::error_code ignored;
+      self->stream_.socket().cancel(ignored);
+    });
+  }
+
+  void stop_request_timer() {
+    reading_ = false;
+    request_timer_.cancel();
+  }
+
   void read_header() {
     if (closing_ && buffer_.size() == 0) return close();
     parser_.emplace();
     parser_->header_limit(static_cast<std::uint32_t>(server_.options.header_limit_bytes));
     parser_->body_limit(server_.options.body_limit_bytes);
-    stream_.expires_after(std::chrono::milliseconds(server_.options.header_timeout_ms));
+    start_request_timer();
     bhttp::async_read_header(stream_, buffer_, *parser_,
                              [self = shared_from_this()](beast::error_code ec, std::size_t) {
                                self->on_header(ec);
@@ -195,24 +220,33 @@ class Session : public std::enable_shared_from_this<Session> {
   void on_header(beast::error_code ec) {
     if (ec) return on_read_error(ec);
     request_started_ = Clock::now();
-    if (parser_->is_done()) return dispatch();
-    stream_.expires_after(std::chrono::milliseconds(server_.options.header_timeout_ms));
+    if (parser_->is_done()) {
+      stop_request_timer();
+      return dispatch();
+    }
+    // The body gets a fresh header_timeout_ms of its own.
+    start_request_timer();
     bhttp::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
       if (ec) return self->on_read_error(ec);
+      self->stop_request_timer();
       self->dispatch();
     });
   }
 
   void on_read_error(beast::error_code ec) {
-    if (ec == bhttp::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset ||
-        ec == asio::error::operation_aborted) {
-      return close();
-    }
-    if (ec == beast::error::timeout) {
+    const bool timed_out = timed_out_;
+    stop_request_timer();
+    if (timed_out) {
       // Some bytes arrived but not a whole request in time: say so, then close.
       const bool partial = buffer_.size() > 0 || (parser_ && parser_->got_some());
-      if (partial) return send_error_and_close(408, "request headers or body not received within " +
-                                                        std::to_string(server_.options.header_timeout_ms) + " ms");
+      if (partial && !closing_) {
+        return send_error_and_close(408, "request headers or body not received within " +
+                                             std::to_string(server_.options.header_timeout_ms) + " ms");
+      }
+      return close();
+    }
+    if (ec == bhttp::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset ||
+        ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor) {
       return close();
     }
     if (ec == bhttp::error::header_limit) {
@@ -252,7 +286,9 @@ class Session : public std::enable_shared_from_this<Session> {
       if (c == '"' || c == '\\') escaped.push_back('\\');
       if (static_cast<unsigned char>(c) >= 0x20) escaped.push_back(c);
     }
-    return "{\"error\":{\"code\":\"" + code + "\",\"message\":\"" + escaped + "\",\"param\":null}}";
+    const std::string type = status >= 500 ? "server_error" : "invalid_request_error";
+    return "{\"error\":{\"code\":\"" + code + "\",\"message\":\"" + escaped + "\",\"param\":null,\"type\":\"" +
+           type + "\"}}";
   }
 
   void dispatch() {
@@ -357,6 +393,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   beast::tcp_stream stream_;
+  asio::steady_timer request_timer_{stream_.get_executor()};
   Server::Impl& server_;
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
@@ -368,6 +405,8 @@ class Session : public std::enable_shared_from_this<Session> {
   bool keep_alive_ = false;
   bool head_ = false;
   bool idle_ = false;
+  bool reading_ = false;    // between the first byte of a request and its end
+  bool timed_out_ = false;  // the request timer fired during the current read
   bool closing_ = false;
   bool registered_ = false;
   std::list<std::weak_ptr<Session>>::iterator registration_;
@@ -388,7 +427,7 @@ void Server::Impl::reject_connection(tcp::socket socket) {
   static const std::string kBusy = [] {
     const std::string body =
         "{\"error\":{\"code\":\"unavailable\",\"message\":\"too many open connections; retry later\","
-        "\"param\":null}}";
+        "\"param\":null,\"type\":\"server_error\"}}";
     return "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nCache-Control: no-store\r\n"
            "Content-Type: application/json\r\nContent-Length: " +
            std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
@@ -464,12 +503,18 @@ void Server::shutdown(int grace_ms) {
   asio::post(impl_->io, [impl = impl_.get(), grace_ms] {
     beast::error_code ignored;
     impl->acceptor.close(ignored);
+    // Collect strong references under the lock and use them after it: the
+    // last reference to a session may drop here, and its destructor takes
+    // the same lock to unregister.
+    std::vector<std::shared_ptr<Session>> open_sessions;
     {
       std::lock_guard lock(impl->sessions_mutex);
       for (auto& weak : impl->sessions) {
-        if (auto session = weak.lock()) session->close_if_idle();
+        if (auto session = weak.lock()) open_sessions.push_back(std::move(session));
       }
     }
+    for (auto& session : open_sessions) session->close_if_idle();
+    open_sessions.clear();
     impl->wait_for_connections(Clock::now() + std::chrono::milliseconds(grace_ms), grace_ms);
   });
 }

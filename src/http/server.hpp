@@ -18,7 +18,7 @@ struct ServerOptions {
   int port = 8080;  // 0 = an ephemeral port, see Server::port()
   int threads = 1;
   int max_connections = 10000;
-  std::uint64_t header_limit_bytes = 16 * 1024;
+  std::uint64_t header_limit_bytes = 64 * 1024;  // room for a long percent-encoded prompt in the URL
   std::uint64_t body_limit_bytes = 1024 * 1024;
   int header_timeout_ms = 10'000;
   int idle_timeout_ms = 60'000;
