@@ -1,11 +1,22 @@
 #include "api/image_query.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <set>
 
 #include "core/text.hpp"
 
 namespace pixelgate::api {
+
+namespace {
+
+bool looks_like_variable(const std::string& name) {
+  if (name.empty() || name.size() > 32) return false;
+  return std::all_of(name.begin(), name.end(),
+                     [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_'; });
+}
+
+}  // namespace
 
 bool parse_unsigned(std::string_view text, std::uint64_t& value) {
   if (text.empty() || text.size() > 20) return false;
@@ -74,8 +85,12 @@ core::Result<generation::ImageRequest> parse_image_params(const core::QueryParam
     } else if (canonical_name == "template" && template_from_query) {
       if (value.empty()) return core::Error::invalid("template must not be empty", name);
       request.template_name = std::move(value);
+    } else if (looks_like_variable(name)) {
+      // Checked against the template's variables by the resolver, which
+      // names unknown ones.
+      request.variables[name] = std::move(value);
     } else {
-      std::string allowed = "prompt, width, height, size, seed";
+      std::string allowed = "prompt, width, height, size, seed, template variables";
       if (template_from_query) allowed += ", template (or style)";
       return core::Error::invalid("unknown parameter \"" + name + "\"; accepted: " + allowed, name);
     }

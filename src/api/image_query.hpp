@@ -10,10 +10,11 @@
 namespace pixelgate::api {
 
 // Parses the query of an image URL into an ImageRequest. Accepted parameters:
-// prompt, width, height, size (WxH), seed (a number or "random") and, when
-// `template_from_query` is true, template (alias: style). Unknown or repeated
-// parameters are errors that name the parameter, so one image never has two
-// spellings that a CDN would cache separately.
+// prompt, width, height, size (WxH), seed (a number or "random"), template
+// variables (lower-case names, checked later against the template) and, when
+// `template_from_query` is true, template (alias: style). Repeated parameters
+// and names that cannot be variables are errors that name the parameter, so
+// one image never has two spellings that a CDN would cache separately.
 core::Result<generation::ImageRequest> parse_image_query(std::string_view query, bool template_from_query);
 
 // The same for parameters that are already decoded, e.g. by signature

@@ -19,6 +19,7 @@
 #include "admission/gate.hpp"
 #include "admission/url_signing.hpp"
 #include "api/app.hpp"
+#include "api/image_query.hpp"
 #include "cli/runtime.hpp"
 #include "http/server.hpp"
 #include "observability/logging.hpp"
@@ -43,6 +44,11 @@ Usage:
       Print a new API key and the configuration lines that accept it.
   pixelgate costs [--by key|backend|day] [--config FILE]
       Print the money spent, from the budget ledger.
+  pixelgate templates list [--config FILE]
+  pixelgate templates show NAME [--config FILE]
+  pixelgate templates render NAME --prompt TEXT [--var NAME=VALUE]... [--size WxH] [--seed N]
+      List templates, print one, or preview its final prompt and cache key
+      without generating.
   pixelgate version
   pixelgate help
 
@@ -370,6 +376,112 @@ int run_costs(const Arguments& args) {
   return 0;
 }
 
+nlohmann::json template_json(const config::TemplateConfig& tmpl) {
+  nlohmann::json sizes = nlohmann::json::array();
+  for (const auto& [w, h] : tmpl.sizes) sizes.push_back(std::to_string(w) + "x" + std::to_string(h));
+  nlohmann::json variables = nlohmann::json::object();
+  for (const auto& [name, variable] : tmpl.variables) {
+    nlohmann::json entry = {{"type", variable.type}, {"max_length", variable.max_length}};
+    if (variable.default_value) entry["default"] = *variable.default_value;
+    if (!variable.allowed.empty()) entry["allowed"] = variable.allowed;
+    if (!variable.pattern.empty()) entry["pattern"] = variable.pattern;
+    variables[name] = entry;
+  }
+  return {{"name", tmpl.name},         {"prompt", tmpl.prompt},   {"style", tmpl.style},
+          {"negative_prompt", tmpl.negative_prompt}, {"backend", tmpl.backend}, {"model", tmpl.model},
+          {"width", tmpl.width},       {"height", tmpl.height},   {"sizes", sizes},
+          {"quality", tmpl.quality},   {"steps", tmpl.steps},     {"guidance", tmpl.guidance},
+          {"sampler", tmpl.sampler},   {"version", tmpl.version}, {"variables", variables}};
+}
+
+int run_templates(const Arguments& args, const std::vector<std::string>& variables) {
+  const std::string action = args.positional.empty() ? "" : args.positional[0];
+  auto config = cli::load_config(config_path(args));
+  if (!config) {
+    std::fprintf(stderr, "pixelgate: %s\n", config.error().message.c_str());
+    return kExitUsage;
+  }
+  if (action == "list") {
+    std::printf("%-22s %-12s %-16s %-10s %s\n", "template", "backend", "model", "size", "version");
+    for (const auto& [name, tmpl] : config->templates) {
+      const std::string backend = tmpl.backend.empty() ? config->default_backend : tmpl.backend;
+      const std::string model = tmpl.model.empty() ? config->backends.at(backend).model : tmpl.model;
+      std::printf("%-22s %-12s %-16s %-10s %s\n", name.c_str(), backend.c_str(), model.c_str(),
+                  (std::to_string(tmpl.width) + "x" + std::to_string(tmpl.height)).c_str(), tmpl.version.c_str());
+    }
+    return 0;
+  }
+  if (args.positional.size() != 2 || (action != "show" && action != "render")) {
+    std::fprintf(stderr, "pixelgate templates: use list, show NAME or render NAME --prompt TEXT\n");
+    return kExitUsage;
+  }
+  const std::string name = args.positional[1];
+  auto tmpl = config->templates.find(name);
+  if (tmpl == config->templates.end()) {
+    std::fprintf(stderr, "pixelgate templates: template \"%s\" is not configured\n", name.c_str());
+    return kExitUsage;
+  }
+  if (action == "show") {
+    std::printf("%s\n", template_json(tmpl->second).dump(2).c_str());
+    return 0;
+  }
+
+  // render: resolve exactly as a request would, without storage or a call.
+  observability::setup_logging("error", "text");
+  generation::BackendMap backends;
+  for (const auto& [backend_name, backend_config] : config->backends) {
+    auto backend = backends::make_backend(backend_config);
+    if (!backend) {
+      std::fprintf(stderr, "pixelgate: %s\n", backend.error().message.c_str());
+      return kExitUsage;
+    }
+    backends.emplace(backend_name, std::move(backend).value());
+  }
+  const generation::Resolver resolver(*config, backends);
+  generation::ImageRequest request;
+  request.template_name = name;
+  if (auto it = args.options.find("--prompt"); it != args.options.end()) request.prompt = it->second;
+  for (const auto& assignment : variables) {
+    const std::size_t eq = assignment.find('=');
+    if (eq == std::string::npos) {
+      std::fprintf(stderr, "pixelgate templates render: --var takes NAME=VALUE, got \"%s\"\n", assignment.c_str());
+      return kExitUsage;
+    }
+    request.variables[assignment.substr(0, eq)] = assignment.substr(eq + 1);
+  }
+  if (auto it = args.options.find("--size"); it != args.options.end()) {
+    int width = 0;
+    int height = 0;
+    if (!api::parse_size(it->second, width, height)) {
+      std::fprintf(stderr, "pixelgate templates render: --size takes WIDTHxHEIGHT\n");
+      return kExitUsage;
+    }
+    request.width = width;
+    request.height = height;
+  }
+  if (auto it = args.options.find("--seed"); it != args.options.end()) {
+    std::uint64_t seed = 0;
+    if (!api::parse_unsigned(it->second, seed)) {
+      std::fprintf(stderr, "pixelgate templates render: --seed takes a whole number\n");
+      return kExitUsage;
+    }
+    request.seed = seed;
+  }
+  auto resolved = resolver.resolve(request);
+  if (!resolved) {
+    std::fprintf(stderr, "pixelgate templates render: %s\n", resolved.error().message.c_str());
+    return kExitUsage;
+  }
+  const auto& spec = resolved->spec;
+  nlohmann::json out = {{"key", resolved->key},       {"backend", spec.backend}, {"model", spec.model},
+                        {"prompt", spec.prompt},      {"negative_prompt", spec.negative_prompt},
+                        {"width", spec.width},        {"height", spec.height},   {"quality", spec.quality},
+                        {"seed", spec.seed},          {"template", spec.template_name},
+                        {"template_version", spec.template_version}};
+  std::printf("%s\n", out.dump(2).c_str());
+  return 0;
+}
+
 int run_config_check(const Arguments& args) {
   std::string path = args.positional.size() > 1 ? args.positional[1] : config_path(args);
   auto config = cli::load_config(path);
@@ -408,12 +520,29 @@ int main(int argc, char** argv) {
     return 0;
   }
 
+  // --var may repeat, so it is collected before the other options.
+  std::vector<std::string> variables;
+  std::vector<char*> rest = {argv[0], argv[1]};
+  for (int i = 2; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (command == "templates" && arg == "--var" && i + 1 < argc) {
+      variables.emplace_back(argv[++i]);
+    } else if (command == "templates" && arg.rfind("--var=", 0) == 0) {
+      variables.emplace_back(arg.substr(6));
+    } else {
+      rest.push_back(argv[i]);
+    }
+  }
+  argc = static_cast<int>(rest.size());
+  argv = rest.data();
+
   Arguments args;
   std::set<std::string> known = {"--config"};
   if (command == "generate") known.insert({"--output", "--template", "--width", "--height", "--seed"});
   if (command == "sign") known.insert({"--expires", "--key"});
   if (command == "keys") known.insert("--name");
   if (command == "costs") known.insert("--by");
+  if (command == "templates") known.insert({"--prompt", "--size", "--seed"});
   if (auto error = parse_arguments(argc, argv, 2, known, args)) {
     std::fprintf(stderr, "pixelgate %s: %s\n", command.c_str(), error->c_str());
     return kExitUsage;
@@ -426,6 +555,7 @@ int main(int argc, char** argv) {
     if (command == "sign") return run_sign(args);
     if (command == "keys" && args.positional.size() == 1 && args.positional[0] == "new") return run_keys_new(args);
     if (command == "costs") return run_costs(args);
+    if (command == "templates") return run_templates(args, variables);
   } catch (const std::exception& error) {
     std::fprintf(stderr, "pixelgate %s: unexpected error: %s\n", command.c_str(), error.what());
     return kExitFailure;

@@ -4,6 +4,7 @@
 #include <charconv>
 #include <cstring>
 #include <functional>
+#include <regex>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -19,6 +20,9 @@ namespace pixelgate::config {
 namespace {
 
 constexpr std::string_view kEnvPrefix = "PIXELGATE_";
+// Query parameters with a fixed meaning, which template variables cannot use.
+const std::set<std::string> kReservedParameters = {"prompt", "width",    "height", "size", "seed",
+                                                   "template", "style", "sig",   "kid",  "exp"};
 // Sections whose scalar keys can be set from the environment.
 const std::vector<std::string> kEnvSections = {"rate_limits", "security", "budgets", "server", "storage", "limits",
                                                 "logging"};
@@ -184,6 +188,9 @@ class TableReader {
     secret.value = it == process_env.end() ? std::string{} : it->second;
   }
 
+  // Returns the node under `key` without marking it as read.
+  const toml::node* peek(const std::string& key) const { return table_ ? table_->get(key) : nullptr; }
+
   // Accepts `key` without reading it, for sub-tables read elsewhere.
   void mark_known(const std::string& key) { read_keys_.insert(key); }
 
@@ -342,7 +349,62 @@ void validate_backend(TableReader& reader, BackendConfig& backend) {
   if (backend.api_key.env_name.empty()) backend.api_key.env_name = "OPENAI_API_KEY";
 }
 
-void read_template(TableReader& reader, TemplateConfig& tmpl) {
+// Returns the names inside {braces} in `text`, e.g. "prompt" and "mood".
+std::vector<std::string> placeholder_names(const std::string& text) {
+  std::vector<std::string> names;
+  for (std::size_t open = text.find('{'); open != std::string::npos; open = text.find('{', open + 1)) {
+    const std::size_t close = text.find('}', open);
+    if (close == std::string::npos) break;
+    names.push_back(text.substr(open + 1, close - open - 1));
+  }
+  return names;
+}
+
+bool parse_size_text(const std::string& text, int& width, int& height) {
+  const std::size_t x = text.find('x');
+  if (x == std::string::npos) return false;
+  try {
+    std::size_t used_w = 0;
+    std::size_t used_h = 0;
+    width = std::stoi(text.substr(0, x), &used_w);
+    height = std::stoi(text.substr(x + 1), &used_h);
+    return used_w == x && used_h == text.size() - x - 1 && width > 0 && height > 0;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+void read_variable(TableReader& reader, TemplateVariable& variable) {
+  reader.read_string("type", variable.type, {"string", "integer"});
+  std::string default_text;
+  bool has_default = false;
+  if (const toml::node* node = reader.peek("default")) {
+    has_default = true;
+    if (node->is_integer()) {
+      default_text = std::to_string(node->as_integer()->get());
+      reader.mark_known("default");
+    } else {
+      reader.read_string("default", default_text);
+    }
+  }
+  if (has_default) variable.default_value = default_text;
+  reader.read_string_array("allowed", variable.allowed);
+  reader.read_string("pattern", variable.pattern);
+  reader.read_int("max_length", variable.max_length, 1, 10'000);
+  reader.read_int64("min", variable.min, INT64_MIN / 2, INT64_MAX / 2);
+  reader.read_int64("max", variable.max, INT64_MIN / 2, INT64_MAX / 2);
+  if (!variable.pattern.empty()) {
+    try {
+      std::regex compiled(variable.pattern, std::regex::ECMAScript);
+    } catch (const std::regex_error& error) {
+      reader.error("pattern", std::string("invalid regular expression: ") + error.what());
+    }
+  }
+  if (variable.type == "integer" && variable.min > variable.max) reader.error("min", "must not be larger than max");
+}
+
+void read_template(TableReader& reader, TemplateConfig& tmpl, const toml::table* table,
+                   std::vector<std::string>& errors, const std::string& path) {
   reader.read_string("prompt", tmpl.prompt);
   reader.read_string("style", tmpl.style);
   reader.read_string("negative_prompt", tmpl.negative_prompt);
@@ -350,6 +412,18 @@ void read_template(TableReader& reader, TemplateConfig& tmpl) {
   reader.read_string("model", tmpl.model);
   reader.read_int("width", tmpl.width, 16, 16384);
   reader.read_int("height", tmpl.height, 16, 16384);
+  std::vector<std::string> sizes;
+  reader.read_string_array("sizes", sizes);
+  for (const auto& text : sizes) {
+    int width = 0;
+    int height = 0;
+    if (!parse_size_text(text, width, height)) {
+      reader.error("sizes", "\"" + text + "\" is not a size like \"1024x768\"");
+    } else {
+      tmpl.sizes.emplace_back(width, height);
+    }
+  }
+  reader.read_string("quality", tmpl.quality);
   reader.read_int("steps", tmpl.steps, 0, 500);
   reader.read_double("guidance", tmpl.guidance, 0.0, 100.0);
   reader.read_string("sampler", tmpl.sampler);
@@ -358,6 +432,46 @@ void read_template(TableReader& reader, TemplateConfig& tmpl) {
     reader.error("prompt", "must contain {prompt}, got \"" + tmpl.prompt + "\"");
   }
   if (tmpl.version.empty()) reader.error("version", "must not be empty");
+  if (!tmpl.sizes.empty() &&
+      std::find(tmpl.sizes.begin(), tmpl.sizes.end(), std::make_pair(tmpl.width, tmpl.height)) == tmpl.sizes.end()) {
+    reader.error("sizes", "must include the default size " + std::to_string(tmpl.width) + "x" +
+                              std::to_string(tmpl.height));
+  }
+
+  if (const toml::node* node = table ? table->get("variables") : nullptr) {
+    reader.mark_known("variables");
+    if (!node->is_table()) {
+      errors.push_back(path + ".variables: must be a table");
+    } else {
+      for (const auto& [key, value] : *node->as_table()) {
+        const std::string name(key.str());
+        const std::string variable_path = path + ".variables." + name;
+        if (name.empty() || name.size() > 32 || kReservedParameters.count(name) ||
+            !std::all_of(name.begin(), name.end(), [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_'; })) {
+          errors.push_back(variable_path + ": invalid name; use lower-case letters, digits and '_', and none of "
+                                           "prompt, width, height, size, seed, template, style, sig, kid, exp");
+          continue;
+        }
+        if (!value.is_table()) {
+          errors.push_back(variable_path + ": must be a table");
+          continue;
+        }
+        TemplateVariable variable;
+        variable.name = name;
+        TableReader variable_reader(value.as_table(), variable_path, errors);
+        read_variable(variable_reader, variable);
+        variable_reader.finish();
+        tmpl.variables.emplace(name, std::move(variable));
+      }
+    }
+  }
+  for (const std::string* text : {&tmpl.prompt, &tmpl.style, &tmpl.negative_prompt}) {
+    for (const auto& name : placeholder_names(*text)) {
+      if (name != "prompt" && !tmpl.variables.count(name)) {
+        errors.push_back(path + ": {" + name + "} is used but not defined under " + path + ".variables");
+      }
+    }
+  }
 }
 
 void read_rate_limits(TableReader& reader, RateLimitsConfig& limits) {
@@ -642,7 +756,8 @@ core::Result<Config> load(const std::string& toml_text, const std::string& sourc
   read_named_tables(root, "templates", errors, [&](const std::string& name, TableReader& reader) {
     TemplateConfig tmpl;
     tmpl.name = name;
-    read_template(reader, tmpl);
+    const toml::table* table = root["templates"][name].as_table();
+    read_template(reader, tmpl, table, errors, "templates." + name);
     if (!tmpl.backend.empty() && !config.backends.count(tmpl.backend)) {
       reader.error("backend", "\"" + tmpl.backend + "\" is not defined under [backends]");
     }

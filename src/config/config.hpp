@@ -134,19 +134,35 @@ struct BackendConfig {
   int download_timeout_ms = 30'000;  // fetching a url output
 };
 
+// A named value a request may set for a template, as ?NAME=VALUE.
+struct TemplateVariable {
+  std::string name;
+  std::string type = "string";  // "string" or "integer"
+  std::optional<std::string> default_value;  // without one the variable is required
+  std::vector<std::string> allowed;          // empty = any value
+  std::string pattern;                       // ECMAScript regular expression the whole value must match
+  int max_length = 100;                      // characters (code points)
+  std::int64_t min = 0;                      // integers only
+  std::int64_t max = 1'000'000;
+};
+
 struct TemplateConfig {
   std::string name;
-  std::string prompt = "{prompt}";  // "{prompt}" is replaced by the user's text
-  std::string style;                // fixed text appended to every prompt
+  // "{prompt}" is replaced by the user's text and "{NAME}" by variable NAME.
+  std::string prompt = "{prompt}";
+  std::string style;  // fixed text appended to every prompt; may use variables
   std::string negative_prompt;
-  std::string backend;              // empty = the default backend
-  std::string model;                // empty = the backend's model
-  int width = 1024;
+  std::string backend;  // empty = the default backend
+  std::string model;    // empty = the backend's model
+  int width = 1024;     // default size
   int height = 1024;
+  std::vector<std::pair<int, int>> sizes;  // allowed sizes; empty = any within limits
+  std::string quality;                     // provider-specific, e.g. "low" for a cheap draft
   int steps = 0;          // 0 = the backend's default
   double guidance = 0.0;  // 0 = the backend's default
   std::string sampler;
   std::string version = "1";
+  std::map<std::string, TemplateVariable> variables;
 };
 
 struct Config {

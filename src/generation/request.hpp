@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 
@@ -17,6 +18,8 @@ struct ImageRequest {
   std::string model;         // overrides the template's model (OpenAI-compatible route)
   std::string quality;
   std::string style;
+  // Values for the template's variables, by name, as the request gave them.
+  std::map<std::string, std::string> variables;
 };
 
 }  // namespace pixelgate::generation

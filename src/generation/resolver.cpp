@@ -1,5 +1,9 @@
 #include "generation/resolver.hpp"
 
+#include <algorithm>
+#include <charconv>
+#include <regex>
+
 #include "core/hash.hpp"
 #include "core/text.hpp"
 #include "generation/cache_key.hpp"
@@ -9,14 +13,87 @@ namespace {
 
 constexpr std::uint64_t kMaxSeed = 4294967294u;
 
-std::string apply_template(const config::TemplateConfig& tmpl, const std::string& prompt) {
-  std::string text = tmpl.prompt;
-  const std::string placeholder = "{prompt}";
-  for (std::size_t at = text.find(placeholder); at != std::string::npos; at = text.find(placeholder, at + prompt.size())) {
-    text.replace(at, placeholder.size(), prompt);
+// Replaces each {name} in `pattern` with its value in one pass, so text that
+// a user supplies is never expanded again.
+std::string render(const std::string& pattern, const std::map<std::string, std::string>& values) {
+  std::string out;
+  out.reserve(pattern.size() + 64);
+  std::size_t at = 0;
+  while (at < pattern.size()) {
+    const std::size_t open = pattern.find('{', at);
+    if (open == std::string::npos) break;
+    const std::size_t close = pattern.find('}', open);
+    if (close == std::string::npos) break;
+    out.append(pattern, at, open - at);
+    auto value = values.find(pattern.substr(open + 1, close - open - 1));
+    if (value != values.end()) {
+      out += value->second;
+    } else {
+      out.append(pattern, open, close - open + 1);
+    }
+    at = close + 1;
   }
-  if (!tmpl.style.empty()) text += ", " + tmpl.style;
-  return text;
+  out.append(pattern, at, std::string::npos);
+  return out;
+}
+
+core::Status check_variable(const config::TemplateVariable& variable, const std::string& value) {
+  const std::string& name = variable.name;
+  if (!core::is_valid_utf8(value) || core::has_control_characters(value)) {
+    return core::Error::invalid(name + " must be valid UTF-8 text without control characters", name);
+  }
+  if (core::count_code_points(value) > static_cast<std::size_t>(variable.max_length)) {
+    return core::Error::invalid(name + " is longer than " + std::to_string(variable.max_length) + " characters", name);
+  }
+  if (!variable.allowed.empty() &&
+      std::find(variable.allowed.begin(), variable.allowed.end(), value) == variable.allowed.end()) {
+    std::string choices;
+    for (const auto& choice : variable.allowed) choices += (choices.empty() ? "" : ", ") + choice;
+    return core::Error::invalid(name + " must be one of " + choices + ", got \"" + value + "\"", name);
+  }
+  if (variable.type == "integer") {
+    std::int64_t number = 0;
+    const auto [ptr, ec] = std::from_chars(value.data(), value.data() + value.size(), number);
+    if (ec != std::errc{} || ptr != value.data() + value.size()) {
+      return core::Error::invalid(name + " must be a whole number, got \"" + value + "\"", name);
+    }
+    if (number < variable.min || number > variable.max) {
+      return core::Error::invalid(name + " must be between " + std::to_string(variable.min) + " and " +
+                                      std::to_string(variable.max) + ", got " + value,
+                                  name);
+    }
+  }
+  if (!variable.pattern.empty() && !std::regex_match(value, std::regex(variable.pattern, std::regex::ECMAScript))) {
+    return core::Error::invalid(name + " does not match the pattern " + variable.pattern, name);
+  }
+  return core::Ok{};
+}
+
+// Collects the values for every placeholder: the prompt, each variable from
+// the request or its default. Unknown and missing variables are errors.
+core::Result<std::map<std::string, std::string>> template_values(const config::TemplateConfig& tmpl,
+                                                                 const ImageRequest& request) {
+  for (const auto& [name, value] : request.variables) {
+    if (!tmpl.variables.count(name)) {
+      std::string accepted;
+      for (const auto& [known, variable] : tmpl.variables) accepted += (accepted.empty() ? "" : ", ") + known;
+      return core::Error::invalid("unknown parameter \"" + name + "\" for template \"" + tmpl.name + "\"" +
+                                      (accepted.empty() ? std::string("; it has no variables")
+                                                        : "; its variables are " + accepted),
+                                  name);
+    }
+  }
+  std::map<std::string, std::string> values = {{"prompt", request.prompt}};
+  for (const auto& [name, variable] : tmpl.variables) {
+    auto given = request.variables.find(name);
+    if (given == request.variables.end() && !variable.default_value) {
+      return core::Error::invalid("template \"" + tmpl.name + "\" needs the parameter " + name, name);
+    }
+    const std::string& value = given != request.variables.end() ? given->second : *variable.default_value;
+    if (auto status = check_variable(variable, value); !status) return std::move(status).error();
+    values[name] = value;
+  }
+  return values;
 }
 
 }  // namespace
@@ -74,16 +151,27 @@ core::Result<ResolvedRequest> Resolver::resolve(const ImageRequest& request) con
   spec.backend_type = std::string(backend.type());
   spec.adapter_version = backend.adapter_version();
   spec.model = !request.model.empty() ? request.model : !tmpl.model.empty() ? tmpl.model : backend.default_model();
-  spec.prompt = apply_template(tmpl, request.prompt);
-  spec.negative_prompt = backend.supports_negative_prompt() ? tmpl.negative_prompt : std::string{};
+  auto values = template_values(tmpl, request);
+  if (!values) return std::move(values).error();
+  spec.prompt = render(tmpl.prompt, *values);
+  if (!tmpl.style.empty()) spec.prompt += ", " + render(tmpl.style, *values);
+  spec.negative_prompt = backend.supports_negative_prompt() ? render(tmpl.negative_prompt, *values) : std::string{};
   spec.width = request.width.value_or(tmpl.width);
   spec.height = request.height.value_or(tmpl.height);
   if (auto status = check_dimension("width", spec.width); !status) return std::move(status).error();
   if (auto status = check_dimension("height", spec.height); !status) return std::move(status).error();
+  if (!tmpl.sizes.empty() &&
+      std::find(tmpl.sizes.begin(), tmpl.sizes.end(), std::make_pair(spec.width, spec.height)) == tmpl.sizes.end()) {
+    std::string choices;
+    for (const auto& [w, h] : tmpl.sizes) choices += (choices.empty() ? "" : ", ") + std::to_string(w) + "x" + std::to_string(h);
+    return core::Error::invalid("size " + std::to_string(spec.width) + "x" + std::to_string(spec.height) +
+                                    " is not allowed by template \"" + tmpl.name + "\"; use one of " + choices,
+                                "size");
+  }
   spec.steps = tmpl.steps;
   spec.guidance = tmpl.guidance;
   spec.sampler = tmpl.sampler;
-  spec.quality = request.quality;
+  spec.quality = !request.quality.empty() ? request.quality : tmpl.quality;
   spec.style = request.style;
   spec.template_name = tmpl.name;
   spec.template_version = tmpl.version;
