@@ -191,7 +191,7 @@ Admission Gate::admit(const RequestInfo& request, RouteKind route) const {
   return admission;
 }
 
-double Gate::estimate_cost(const core::GenerationSpec& spec, std::optional<double> adapter_estimate) const {
+std::optional<double> Gate::table_price(const core::GenerationSpec& spec) const {
   const std::string size = std::to_string(spec.width) + "x" + std::to_string(spec.height);
   const std::string quality = spec.quality.empty() ? "auto" : spec.quality;
   auto matches = [](const std::string& pattern, const std::string& value) { return pattern == "*" || pattern == value; };
@@ -201,6 +201,11 @@ double Gate::estimate_cost(const core::GenerationSpec& spec, std::optional<doubl
       return row.usd;
     }
   }
+  return std::nullopt;
+}
+
+double Gate::estimate_cost(const core::GenerationSpec& spec, std::optional<double> adapter_estimate) const {
+  if (auto price = table_price(spec)) return *price;
   if (adapter_estimate) return *adapter_estimate;
   return config_.budgets.unknown_cost_usd;
 }
@@ -215,10 +220,13 @@ core::Result<std::int64_t> Gate::acquire(const core::GenerationSpec& spec, const
   const RateDecision decision = limiter_.consume("gen|" + owner, policy);
   if (!decision.allowed) {
     spdlog::info("admission: generation rate limit reached for {} (image {})", owner, key);
-    return core::Error{core::ErrorCode::ResourceExhausted,
-                       "too many new images requested; retry in " + std::to_string(decision.retry_after_seconds) +
-                           " s (cached images are not limited by this)",
-                       {}, decision.retry_after_seconds};
+    core::Error error{core::ErrorCode::ResourceExhausted,
+                      "too many new images requested; retry in " + std::to_string(decision.retry_after_seconds) +
+                          " s (cached images are not limited by this)",
+                      {}, decision.retry_after_seconds};
+    error.response_headers = {{"RateLimit-Policy", rate_limit_policy_header(policy)},
+                              {"RateLimit", rate_limit_header(policy, decision)}};
+    return error;
   }
 
   // Concurrency caps, global and per caller.
@@ -248,6 +256,7 @@ core::Result<std::int64_t> Gate::acquire(const core::GenerationSpec& spec, const
   }
 
   // Spend: reserve the estimate now, settle the real cost afterwards.
+  const std::optional<double> fixed_price = table_price(spec);
   const double amount = estimate_cost(spec, estimated_usd);
   auto reservation = ledger_.reserve(caller.principal, spec.backend, spec.model, key, amount, caller_limits,
                                      {config_.budgets.daily_usd, config_.budgets.monthly_usd});
@@ -261,7 +270,7 @@ core::Result<std::int64_t> Gate::acquire(const core::GenerationSpec& spec, const
   ++caller_in_flight;
   global_in_flight_.fetch_add(1);
   const std::int64_t id = next_permit_++;
-  permits_[id] = Permit{owner, *reservation, amount};
+  permits_[id] = Permit{owner, *reservation, amount, fixed_price.has_value()};
   return id;
 }
 
@@ -282,7 +291,9 @@ double Gate::release(std::int64_t permit_id, bool succeeded, double actual_usd) 
     ledger_.refund(*permit.reservation);
     return 0;
   }
-  const double charged = actual_usd > 0 ? actual_usd : permit.reserved_usd;
+  // A cost-table row is the operator's price and wins over what the adapter
+  // computed from the provider's usage report.
+  const double charged = permit.fixed_price || actual_usd <= 0 ? permit.reserved_usd : actual_usd;
   ledger_.settle(*permit.reservation, charged);
   return charged;
 }

@@ -77,6 +77,9 @@ class Gate final : public core::GenerationGuard {
   // the cost table, else the adapter's estimate, else budgets.unknown_cost_usd.
   double estimate_cost(const core::GenerationSpec& spec, std::optional<double> adapter_estimate) const;
 
+  // Returns the price of the first matching cost-table row, if any.
+  std::optional<double> table_price(const core::GenerationSpec& spec) const;
+
   // Returns the API key whose SHA-256 matches `token`, comparing every
   // configured hash in constant time.
   const config::ApiKeyConfig* find_api_key(std::string_view token) const;
@@ -88,6 +91,7 @@ class Gate final : public core::GenerationGuard {
     std::string concurrency_bucket;
     std::optional<std::int64_t> reservation;
     double reserved_usd = 0;
+    bool fixed_price = false;  // the reservation came from the cost table
   };
 
   const config::RateLimitsConfig& limits_for(const std::string& principal) const;

@@ -17,6 +17,7 @@ http::Response error_response(const core::Error& error) {
   response.set_body(body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n", "application/json");
   response.set_header("Cache-Control", "no-store");
   if (error.retry_after_seconds > 0) response.set_header("Retry-After", std::to_string(error.retry_after_seconds));
+  for (const auto& [name, value] : error.response_headers) response.set_header(name, value);
   return response;
 }
 

@@ -1,19 +1,44 @@
-#include "backends/backend.hpp"
-#include "backends/openai_backend.hpp"
-#include "backends/placeholder_backend.hpp"
+#include <map>
+#include <mutex>
+
+#include "backends/registry.hpp"
 
 namespace pixelgate::backends {
+namespace {
+
+// A function-local static, so registrations from other files' static
+// initializers find it constructed whatever the initialization order.
+std::map<std::string, BackendMaker>& registry() {
+  static std::map<std::string, BackendMaker> makers;
+  return makers;
+}
+
+std::mutex& registry_mutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+
+}  // namespace
+
+bool register_backend_type(const std::string& type, BackendMaker maker) {
+  std::lock_guard lock(registry_mutex());
+  registry()[type] = maker;
+  return true;
+}
+
+BackendMaker find_backend_maker(const std::string& type) {
+  std::lock_guard lock(registry_mutex());
+  auto it = registry().find(type);
+  return it == registry().end() ? nullptr : it->second;
+}
 
 core::Result<std::unique_ptr<Backend>> make_backend(const config::BackendConfig& config) {
-  if (config.type == "placeholder") return std::unique_ptr<Backend>(std::make_unique<PlaceholderBackend>(config));
-  if (config.type == "openai") {
-    if (config.api_key.empty()) {
-      return core::Error::invalid("backends." + config.name + ".api_key_env: the environment variable " +
-                                  config.api_key.env_name + " is not set or empty");
-    }
-    return std::unique_ptr<Backend>(std::make_unique<OpenAIBackend>(config));
+  BackendMaker maker = find_backend_maker(config.type);
+  if (!maker) {
+    return core::Error::invalid("backends." + config.name + ".type: backend type \"" + config.type +
+                                "\" is not available in this build");
   }
-  return core::Error::invalid("backends." + config.name + ".type: unknown backend type \"" + config.type + "\"");
+  return maker(config);
 }
 
 }  // namespace pixelgate::backends

@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include "backends/http_client.hpp"
+#include "backends/registry.hpp"
 #include "backends/retry.hpp"
 #include "core/hash.hpp"
 #include "core/text.hpp"
@@ -138,6 +139,20 @@ double openai_list_price(const std::string& model, int width, int height, const 
   }
   return 0.0;
 }
+
+namespace {
+
+core::Result<std::unique_ptr<Backend>> make_openai(const config::BackendConfig& config) {
+  if (config.api_key.empty()) {
+    return core::Error::invalid("backends." + config.name + ".api_key_env: the environment variable " +
+                                config.api_key.env_name + " is not set or empty");
+  }
+  return std::unique_ptr<Backend>(std::make_unique<OpenAIBackend>(config));
+}
+
+const bool kRegistered = register_backend_type("openai", &make_openai);
+
+}  // namespace
 
 OpenAIBackend::OpenAIBackend(config::BackendConfig config) : config_(std::move(config)) {}
 

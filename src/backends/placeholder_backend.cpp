@@ -1,8 +1,18 @@
 #include "backends/placeholder_backend.hpp"
 
+#include "backends/registry.hpp"
 #include "imaging/image.hpp"
 
 namespace pixelgate::backends {
+namespace {
+
+core::Result<std::unique_ptr<Backend>> make_placeholder(const config::BackendConfig& config) {
+  return std::unique_ptr<Backend>(std::make_unique<PlaceholderBackend>(config));
+}
+
+const bool kRegistered = register_backend_type("placeholder", &make_placeholder);
+
+}  // namespace
 
 PlaceholderBackend::PlaceholderBackend(const config::BackendConfig& config)
     : name_(config.name), model_(config.model.empty() ? "placeholder-v1" : config.model) {}

@@ -320,10 +320,41 @@ void read_logging(TableReader& reader, LoggingConfig& logging) {
 }
 
 void read_backend(TableReader& reader, BackendConfig& backend, const Environment& env) {
-  reader.read_string("type", backend.type, {"openai", "placeholder"});
+  reader.read_string("type", backend.type, kBackendTypes);
   reader.read_string("model", backend.model);
+  reader.read_string("model_version", backend.model_version);
   reader.read_string("base_url", backend.base_url);
+  const std::map<std::string, std::string> default_key_variables = {
+      {"openai", "OPENAI_API_KEY"}, {"stability", "STABILITY_API_KEY"}, {"replicate", "REPLICATE_API_TOKEN"},
+      {"fal", "FAL_KEY"}};
+  if (auto it = default_key_variables.find(backend.type); it != default_key_variables.end()) {
+    backend.api_key.env_name = it->second;
+  }
   reader.read_secret_env("api_key_env", backend.api_key, env);
+  if (backend.api_key.value.empty() && !backend.api_key.env_name.empty()) {
+    auto it = env.find(backend.api_key.env_name);
+    if (it != env.end()) backend.api_key.value = it->second;
+  }
+  reader.read_string("region", backend.region);
+  backend.access_key.env_name = "AWS_ACCESS_KEY_ID";
+  backend.secret_key.env_name = "AWS_SECRET_ACCESS_KEY";
+  backend.session_token.env_name = "AWS_SESSION_TOKEN";
+  reader.read_secret_env("access_key_env", backend.access_key, env);
+  reader.read_secret_env("secret_key_env", backend.secret_key, env);
+  reader.read_secret_env("session_token_env", backend.session_token, env);
+  for (Secret* secret : {&backend.access_key, &backend.secret_key, &backend.session_token}) {
+    if (secret->value.empty()) {
+      auto it = env.find(secret->env_name);
+      if (it != env.end()) secret->value = it->second;
+    }
+  }
+  reader.read_string("workflow", backend.workflow);
+  reader.read_string("output_format", backend.output_format, {"png", "jpeg", "webp"});
+  reader.read_int("poll_interval_ms", backend.poll_interval_ms, 10, 600'000);
+  reader.read_int("max_concurrency", backend.max_concurrency, 0, 100'000);
+  reader.read_int("queue_size", backend.queue_size, 1, 1'000'000);
+  reader.read_int("failure_threshold", backend.failure_threshold, 1, 1000);
+  reader.read_int("open_ms", backend.open_ms, 100, 3'600'000);
   reader.read_int("connect_timeout_ms", backend.connect_timeout_ms, 100, 600'000);
   reader.read_int("timeout_ms", backend.timeout_ms, 100, 3'600'000);
   reader.read_int("max_retries", backend.max_retries, 0, 10);
@@ -334,19 +365,24 @@ void read_backend(TableReader& reader, BackendConfig& backend, const Environment
 
 void validate_backend(TableReader& reader, BackendConfig& backend) {
   if (backend.type.empty()) {
-    reader.error("type", "missing; set \"openai\" or \"placeholder\"");
+    std::string choices;
+    for (const auto& type : kBackendTypes) choices += (choices.empty() ? "" : ", ") + type;
+    reader.error("type", "missing; set one of " + choices);
     return;
   }
-  if (backend.type != "openai") return;
+  if (backend.type == "placeholder") return;
 
   if (backend.base_url.empty()) {
-    reader.error("base_url", "missing; set the API's base URL, e.g. \"https://api.openai.com/v1\"");
+    reader.error("base_url", "missing; set the API's base URL (pixelgate has no built-in provider host)");
   } else if (backend.base_url.rfind("http://", 0) != 0 && backend.base_url.rfind("https://", 0) != 0) {
     reader.error("base_url", "must start with http:// or https://, got \"" + backend.base_url + "\"");
   }
   while (!backend.base_url.empty() && backend.base_url.back() == '/') backend.base_url.pop_back();
-  if (backend.model.empty()) backend.model = "gpt-image-2";
-  if (backend.api_key.env_name.empty()) backend.api_key.env_name = "OPENAI_API_KEY";
+  if (backend.type == "openai" && backend.model.empty()) backend.model = "gpt-image-2";
+  if (backend.type == "bedrock" && backend.region.empty()) reader.error("region", "missing; e.g. \"us-east-1\"");
+  if (backend.type == "comfyui" && backend.workflow.empty()) {
+    reader.error("workflow", "missing; the path of a workflow exported in API format");
+  }
 }
 
 // Returns the names inside {braces} in `text`, e.g. "prompt" and "mood".
@@ -428,6 +464,7 @@ void read_template(TableReader& reader, TemplateConfig& tmpl, const toml::table*
   reader.read_double("guidance", tmpl.guidance, 0.0, 100.0);
   reader.read_string("sampler", tmpl.sampler);
   reader.read_string("version", tmpl.version);
+  reader.read_string_array("fallbacks", tmpl.fallbacks);
   if (tmpl.prompt.find("{prompt}") == std::string::npos) {
     reader.error("prompt", "must contain {prompt}, got \"" + tmpl.prompt + "\"");
   }
@@ -758,6 +795,9 @@ core::Result<Config> load(const std::string& toml_text, const std::string& sourc
     tmpl.name = name;
     const toml::table* table = root["templates"][name].as_table();
     read_template(reader, tmpl, table, errors, "templates." + name);
+    for (const auto& fallback : tmpl.fallbacks) {
+      if (!config.backends.count(fallback)) reader.error("fallbacks", "\"" + fallback + "\" is not defined under [backends]");
+    }
     if (!tmpl.backend.empty() && !config.backends.count(tmpl.backend)) {
       reader.error("backend", "\"" + tmpl.backend + "\" is not defined under [backends]");
     }

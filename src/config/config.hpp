@@ -120,18 +120,34 @@ struct LoggingConfig {
   bool access_log = true;
 };
 
+// The backend types this program knows; each has an adapter in backends/.
+inline const std::set<std::string> kBackendTypes = {"openai",    "placeholder", "stability", "bedrock", "replicate",
+                                                    "fal",       "a1111",       "comfyui",   "sdcpp"};
+
 struct BackendConfig {
   std::string name;
-  std::string type;  // "openai" or "placeholder"
+  std::string type;  // one of kBackendTypes
   std::string model;
-  std::string base_url;       // openai: e.g. "https://api.openai.com/v1"; no default
-  Secret api_key;             // openai: from the variable named by api_key_env
+  std::string model_version;  // replicate: a model version id instead of an official model
+  std::string base_url;       // required for every network backend; there is no built-in host
+  Secret api_key;             // from the variable named by api_key_env
+  std::string region;         // bedrock: e.g. "us-east-1"
+  Secret access_key;          // bedrock: access_key_env, default AWS_ACCESS_KEY_ID
+  Secret secret_key;          // bedrock: secret_key_env, default AWS_SECRET_ACCESS_KEY
+  Secret session_token;       // bedrock: session_token_env, default AWS_SESSION_TOKEN (optional)
+  std::string workflow;       // comfyui: path of a workflow in API format
+  std::string output_format = "png";
   int connect_timeout_ms = 5'000;
   int timeout_ms = 120'000;   // one attempt, transfer included
   int max_retries = 2;
   int retry_base_delay_ms = 500;
   int retry_max_delay_ms = 20'000;
   int download_timeout_ms = 30'000;  // fetching a url output
+  int poll_interval_ms = 1'000;      // asynchronous APIs: time between status checks
+  int max_concurrency = 0;           // calls in flight to this backend; 0 = no limit of its own
+  int queue_size = 256;              // calls waiting for a concurrency slot
+  int failure_threshold = 5;         // consecutive failures that open the circuit breaker
+  int open_ms = 30'000;              // how long an open circuit rejects calls before a probe
 };
 
 // A named value a request may set for a template, as ?NAME=VALUE.
@@ -163,6 +179,9 @@ struct TemplateConfig {
   std::string sampler;
   std::string version = "1";
   std::map<std::string, TemplateVariable> variables;
+  // Backends tried in order when the primary one is unavailable, rate
+  // limited, timed out or failing; each must accept the template's size.
+  std::vector<std::string> fallbacks;
 };
 
 struct Config {

@@ -7,6 +7,7 @@
 #include <string_view>
 #include <utility>
 #include <variant>
+#include <vector>
 
 namespace pixelgate::core {
 
@@ -47,6 +48,8 @@ struct Error {
   std::string param;
   // Seconds after which a retry may succeed; 0 when unknown or not relevant.
   int retry_after_seconds = 0;
+  // Headers the HTTP answer carries with this error, e.g. RateLimit.
+  std::vector<std::pair<std::string, std::string>> response_headers;
 
   static Error invalid(std::string message, std::string param = {}) {
     return {ErrorCode::InvalidArgument, std::move(message), std::move(param), 0};
