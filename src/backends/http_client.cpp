@@ -90,7 +90,18 @@ core::Result<OutboundResponse> perform(const OutboundRequest& request) {
   curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(curl, CURLOPT_HEADERDATA, &state);
   curl_easy_setopt(curl, CURLOPT_USERAGENT, "pixelgate/" PIXELGATE_VERSION);
-  if (request.method == "POST") {
+  std::unique_ptr<curl_mime, decltype(&curl_mime_free)> mime(nullptr, &curl_mime_free);
+  if (!request.multipart.empty()) {
+    mime.reset(curl_mime_init(curl));
+    for (const auto& field : request.multipart) {
+      curl_mimepart* part = curl_mime_addpart(mime.get());
+      curl_mime_name(part, field.name.c_str());
+      curl_mime_data(part, field.value.data(), field.value.size());
+      if (!field.filename.empty()) curl_mime_filename(part, field.filename.c_str());
+      if (!field.content_type.empty()) curl_mime_type(part, field.content_type.c_str());
+    }
+    curl_easy_setopt(curl, CURLOPT_MIMEPOST, mime.get());
+  } else if (request.method == "POST") {
     curl_easy_setopt(curl, CURLOPT_POST, 1L);
     curl_easy_setopt(curl, CURLOPT_POSTFIELDS, request.body.data());
     curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(request.body.size()));

@@ -10,11 +10,22 @@
 
 namespace pixelgate::backends {
 
+// One part of a multipart/form-data body.
+struct MultipartField {
+  std::string name;
+  std::string value;
+  std::string filename;      // set for file parts
+  std::string content_type;  // set for file parts
+};
+
 struct OutboundRequest {
   std::string method = "GET";
   std::string url;
   std::vector<std::string> headers;  // "Name: value"
   std::string body;
+  // When non-empty, the body is sent as multipart/form-data built from these
+  // parts (and `body` is ignored); libcurl sets the Content-Type boundary.
+  std::vector<MultipartField> multipart;
   int connect_timeout_ms = 5'000;
   int timeout_ms = 60'000;  // whole transfer
   std::size_t max_response_bytes = 64 * 1024 * 1024;
