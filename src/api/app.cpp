@@ -182,9 +182,14 @@ void App::handle_image(const http::Request& request, http::Responder responder, 
       *resolved, request.request_id, admitted->caller,
       [responder, policy, if_none_match, placeholder, resolve_ms, started, key](core::Result<generation::ImageOutcome> outcome) {
         if (!outcome) return responder.send(error_response(outcome.error()));
-        auto response = to_http(delivery::build_image_response(*outcome->image, policy, if_none_match));
+        // A fallback's image is not the one this URL names, so no cache may
+        // keep it as the answer; the next request tries the primary again.
+        const bool fallback = !outcome->fallback_backend.empty();
+        const auto effective_policy = fallback ? delivery::CachePolicy::NoStore : policy;
+        auto response = to_http(delivery::build_image_response(*outcome->image, effective_policy, if_none_match));
         response.set_header("X-Pixelgate-Cache", std::string(generation::to_string(outcome->state)));
-        response.set_header("X-Pixelgate-Key", key);
+        response.set_header("X-Pixelgate-Key", outcome->image->key);
+        if (fallback) response.set_header("X-Pixelgate-Fallback", outcome->fallback_backend);
         response.set_header("Server-Timing", server_timing(resolve_ms, outcome->timings, elapsed_ms(started)));
         if (outcome->state == generation::CacheState::Miss) {
           char cost[32];

@@ -67,6 +67,9 @@ core::Result<std::unique_ptr<Runtime>> build_runtime(config::Config config) {
   options.probe_limits.max_bytes = static_cast<std::size_t>(cfg.limits.max_image_bytes);
   options.probe_limits.max_dimension = std::max(cfg.limits.max_dimension, 1);
   options.guard = runtime->gate.get();
+  runtime->health = std::make_unique<generation::BackendHealth>(cfg, runtime->clock);
+  options.health = runtime->health.get();
+  options.refusal_ttl = std::chrono::milliseconds(cfg.limits.refusal_cache_ms);
   runtime->images =
       std::make_unique<generation::ImageService>(*runtime->store, *runtime->hot_cache, *runtime->workers, options);
   return runtime;

@@ -10,6 +10,7 @@
 #include "config/config.hpp"
 #include "core/clock.hpp"
 #include "core/worker_pool.hpp"
+#include "generation/backend_health.hpp"
 #include "generation/image_service.hpp"
 #include "generation/resolver.hpp"
 #include "storage/hot_cache.hpp"
@@ -28,6 +29,7 @@ struct Runtime {
   std::unique_ptr<admission::InMemoryRateLimiter> rate_limiter;
   std::unique_ptr<admission::BudgetLedger> ledger;
   std::unique_ptr<admission::Gate> gate;
+  std::unique_ptr<generation::BackendHealth> health;
   std::unique_ptr<core::WorkerPool> workers;
   std::unique_ptr<generation::Resolver> resolver;
   std::unique_ptr<generation::ImageService> images;

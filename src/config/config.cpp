@@ -307,6 +307,7 @@ void read_limits(TableReader& reader, LimitsConfig& limits) {
   reader.read_int("max_batch", limits.max_batch, 1, 10);
   reader.read_int("max_concurrent_generations", limits.max_concurrent_generations, 1, 100'000);
   reader.read_int("max_concurrent_generations_per_key", limits.max_concurrent_generations_per_key, 1, 100'000);
+  reader.read_int("refusal_cache_ms", limits.refusal_cache_ms, 0, 86'400'000);
   if (limits.min_dimension > limits.max_dimension) {
     reader.error("min_dimension", "must not be larger than limits.max_dimension (" +
                                       std::to_string(limits.max_dimension) + ")");

@@ -57,6 +57,7 @@ struct LimitsConfig {
   int max_batch = 4;  // largest `n` accepted on the OpenAI-compatible route
   int max_concurrent_generations = 32;         // backend calls in flight, all callers
   int max_concurrent_generations_per_key = 8;  // per API key, signing key or client address
+  int refusal_cache_ms = 600'000;  // how long a content refusal is remembered per image key; 0 = off
 };
 
 // Token buckets applied per client address and per API key. A rate of 0

@@ -174,36 +174,143 @@ void ImageService::run_flight(const ResolvedRequest& resolved, const std::string
   }
 }
 
+std::optional<core::Error> ImageService::find_refusal(const std::string& key) {
+  std::lock_guard lock(refusals_mutex_);
+  auto it = refusals_.find(key);
+  if (it == refusals_.end()) return std::nullopt;
+  if (Clock::now() >= it->second.expires) {
+    refusals_.erase(it);
+    return std::nullopt;
+  }
+  return it->second.error;
+}
+
+void ImageService::remember_refusal(const std::string& key, const core::Error& error) {
+  if (options_.refusal_ttl.count() <= 0) return;
+  std::lock_guard lock(refusals_mutex_);
+  // Bounded: when full, drop expired entries, then the oldest-keyed one.
+  if (refusals_.size() >= kMaxRefusals) {
+    const auto now = Clock::now();
+    for (auto it = refusals_.begin(); it != refusals_.end();) it = it->second.expires <= now ? refusals_.erase(it) : std::next(it);
+    if (refusals_.size() >= kMaxRefusals) refusals_.erase(refusals_.begin());
+  }
+  refusals_[key] = {error, Clock::now() + options_.refusal_ttl};
+}
+
 core::Result<ImageOutcome> ImageService::generate(const ResolvedRequest& resolved, const std::string& request_id,
                                                   const core::GenerationCaller& caller, StageTimings timings) {
-  core::GenerationGuard* guard = options_.guard;
-  if (!guard) return call_backend(resolved, request_id, timings);
+  // A prompt that a provider refused is not sent again for a while, so a
+  // refused URL embedded in a page does not cost a call on every view.
+  if (auto refusal = find_refusal(resolved.key)) {
+    spdlog::info("generation: {} for request {} was refused recently; answering from the refusal cache",
+                 resolved.key, request_id);
+    return *refusal;
+  }
 
-  auto permit = guard->acquire(resolved.spec, resolved.key, caller, resolved.backend->list_price(resolved.spec));
-  if (!permit) return std::move(permit).error();
-  // The permit must be released whatever happens, or its reservation and
-  // concurrency slot would leak.
+  std::vector<Candidate> candidates;
+  candidates.push_back({resolved.spec, resolved.key, resolved.backend});
+  candidates.insert(candidates.end(), resolved.fallbacks.begin(), resolved.fallbacks.end());
+  const auto deadline = Clock::now() + options_.generation_timeout;
+
+  std::optional<core::Error> last_error;
+  for (std::size_t i = 0; i < candidates.size(); ++i) {
+    const Candidate& candidate = candidates[i];
+    const bool fallback = i > 0;
+    if (fallback) {
+      spdlog::info("generation: {} for request {}: trying fallback backend {} ({})", resolved.key, request_id,
+                   candidate.spec.backend, last_error ? last_error->message : "");
+      if (!candidate.spec.random_seed) {
+        auto stored = load(candidate.key);
+        if (stored && *stored) {
+          ImageOutcome outcome{std::move(*stored), CacheState::Hit, timings, 0};
+          outcome.fallback_backend = candidate.spec.backend;
+          return outcome;
+        }
+      }
+    }
+
+    bool rejected_by_guard = false;
+    auto outcome = attempt(candidate, request_id, caller, timings, deadline, rejected_by_guard);
+    if (outcome) {
+      if (fallback) outcome->fallback_backend = candidate.spec.backend;
+      return outcome;
+    }
+    const core::Error& error = outcome.error();
+    if (error.code == core::ErrorCode::ContentRefused) remember_refusal(resolved.key, error);
+    // Admission errors (budgets, rate limits) and errors about the request
+    // itself end the search; only backend failures move on to a fallback.
+    if (!is_backend_failure(error.code) || rejected_by_guard) {
+      return outcome;
+    }
+    last_error = error;
+  }
+  return *last_error;
+}
+
+core::Result<ImageOutcome> ImageService::attempt(const Candidate& candidate, const std::string& request_id,
+                                                 const core::GenerationCaller& caller, StageTimings timings,
+                                                 Clock::time_point deadline, bool& rejected_by_guard) {
+  ConcurrencyLimiter* limiter = options_.health ? options_.health->limiter(candidate.spec.backend) : nullptr;
+  CircuitBreaker* breaker = options_.health ? options_.health->breaker(candidate.spec.backend) : nullptr;
+
+  if (limiter) {
+    if (auto status = limiter->acquire(deadline); !status) return std::move(status).error();
+  }
+  if (breaker && !breaker->allow()) {
+    if (limiter) limiter->release();
+    spdlog::info("generation: backend {} skipped for request {}: its circuit is open", candidate.spec.backend,
+                 request_id);
+    return core::Error::unavailable("backend " + candidate.spec.backend +
+                                        " is failing and temporarily not called; retry later",
+                                    5);
+  }
+
+  std::optional<std::int64_t> permit;
+  if (options_.guard) {
+    auto acquired = options_.guard->acquire(candidate.spec, candidate.key, caller,
+                                            candidate.backend->list_price(candidate.spec));
+    if (!acquired) {
+      if (limiter) limiter->release();
+      if (breaker) breaker->record_success();  // the backend was not tried; release a half-open probe
+      rejected_by_guard = true;
+      return std::move(acquired).error();
+    }
+    permit = *acquired;
+  }
+
+  // The permit and the slot must be released whatever happens, or the
+  // reservation, the concurrency slot and a half-open probe would leak.
   core::Result<ImageOutcome> outcome = core::Error::internal("generation failed unexpectedly");
   try {
-    outcome = call_backend(resolved, request_id, timings);
+    outcome = call_backend(candidate, request_id, timings, deadline);
   } catch (const std::exception& error) {
-    spdlog::error("generation: request {} for {} threw: {}", request_id, resolved.key, error.what());
+    spdlog::error("generation: request {} for {} threw: {}", request_id, candidate.key, error.what());
   }
-  if (!outcome) {
-    guard->release(*permit, false, 0);
-    return outcome;
+  if (limiter) limiter->release();
+  if (breaker) {
+    if (!outcome && is_backend_failure(outcome.error().code)) {
+      breaker->record_failure();
+    } else {
+      breaker->record_success();
+    }
   }
-  outcome->cost_usd = guard->release(*permit, true, outcome->cost_usd);
+  if (permit) {
+    if (!outcome) {
+      options_.guard->release(*permit, false, 0);
+    } else {
+      outcome->cost_usd = options_.guard->release(*permit, true, outcome->cost_usd);
+    }
+  }
   return outcome;
 }
 
-core::Result<ImageOutcome> ImageService::call_backend(const ResolvedRequest& resolved, const std::string& request_id,
-                                                      StageTimings timings) {
+core::Result<ImageOutcome> ImageService::call_backend(const Candidate& resolved, const std::string& request_id,
+                                                      StageTimings timings, Clock::time_point deadline) {
   const auto& spec = resolved.spec;
   spdlog::info("generation: start {} for request {} on backend {} (model {}, {}x{})", resolved.key, request_id,
                spec.backend, spec.model, spec.width, spec.height);
 
-  backends::GenerateContext context{request_id, Clock::now() + options_.generation_timeout};
+  backends::GenerateContext context{request_id, deadline};
   auto started = Clock::now();
   auto generated = resolved.backend->generate(spec, context);
   timings.generate_ms = elapsed_ms(started);

@@ -14,6 +14,7 @@
 #include "core/error.hpp"
 #include "core/generation_guard.hpp"
 #include "core/worker_pool.hpp"
+#include "generation/backend_health.hpp"
 #include "generation/resolver.hpp"
 #include "imaging/image.hpp"
 #include "storage/hot_cache.hpp"
@@ -38,6 +39,10 @@ struct ImageOutcome {
   CacheState state = CacheState::Hit;
   StageTimings timings;
   double cost_usd = 0;  // non-zero only for the request that paid for a generation
+  // Set when a fallback backend made the image: it is stored under its own
+  // key (image->key), not the requested one, so it must not be cached as
+  // the answer for the requested URL.
+  std::string fallback_backend;
 };
 
 using Completion = std::function<void(core::Result<ImageOutcome>)>;
@@ -47,6 +52,11 @@ struct ImageServiceOptions {
   imaging::ProbeLimits probe_limits;
   // Consulted before every backend call; null admits everything.
   core::GenerationGuard* guard = nullptr;
+  // Circuit breakers and concurrency limits per backend; null = none.
+  BackendHealth* health = nullptr;
+  // How long a content refusal is answered without calling the backend
+  // again; 0 turns the refusal cache off.
+  std::chrono::milliseconds refusal_ttl{600'000};
 };
 
 // Thread-safety: all public members may be called from any thread. Every
@@ -91,8 +101,13 @@ class ImageService {
                   std::chrono::steady_clock::time_point queued_at);
   core::Result<ImageOutcome> generate(const ResolvedRequest& resolved, const std::string& request_id,
                                       const core::GenerationCaller& caller, StageTimings timings);
-  core::Result<ImageOutcome> call_backend(const ResolvedRequest& resolved, const std::string& request_id,
-                                          StageTimings timings);
+  core::Result<ImageOutcome> attempt(const Candidate& candidate, const std::string& request_id,
+                                     const core::GenerationCaller& caller, StageTimings timings,
+                                     std::chrono::steady_clock::time_point deadline, bool& rejected_by_guard);
+  core::Result<ImageOutcome> call_backend(const Candidate& candidate, const std::string& request_id,
+                                          StageTimings timings, std::chrono::steady_clock::time_point deadline);
+  std::optional<core::Error> find_refusal(const std::string& key);
+  void remember_refusal(const std::string& key, const core::Error& error);
   core::Result<std::shared_ptr<const storage::CachedImage>> load(const std::string& key);
   void finish(const std::string& key, const core::Result<ImageOutcome>& result);
 
@@ -104,6 +119,14 @@ class ImageService {
   mutable std::mutex mutex_;
   std::condition_variable idle_;
   std::map<std::string, Flight> flights_;
+
+  struct Refusal {
+    core::Error error;
+    std::chrono::steady_clock::time_point expires;
+  };
+  static constexpr std::size_t kMaxRefusals = 10'000;
+  std::mutex refusals_mutex_;
+  std::map<std::string, Refusal> refusals_;
 };
 
 // Builds the cache entry for stored bytes: content type from the magic bytes,

@@ -121,6 +121,61 @@ core::Status Resolver::validate_prompt(const std::string& prompt) const {
   return core::Ok{};
 }
 
+core::Result<Candidate> Resolver::build_candidate(const ImageRequest& request, const config::TemplateConfig& tmpl,
+                                                  const std::map<std::string, std::string>& values,
+                                                  backends::Backend& backend, bool primary,
+                                                  std::uint64_t random_seed) const {
+  core::GenerationSpec spec;
+  spec.backend = backend.name();
+  spec.backend_type = std::string(backend.type());
+  spec.adapter_version = backend.adapter_version();
+  // Model names and quality levels belong to one provider, so a fallback
+  // uses its own default model and keeps the quality only for the same type.
+  if (primary) {
+    spec.model = !request.model.empty() ? request.model : !tmpl.model.empty() ? tmpl.model : backend.default_model();
+  } else {
+    spec.model = backend.default_model();
+  }
+  spec.prompt = render(tmpl.prompt, values);
+  if (!tmpl.style.empty()) spec.prompt += ", " + render(tmpl.style, values);
+  spec.negative_prompt = backend.supports_negative_prompt() ? render(tmpl.negative_prompt, values) : std::string{};
+  spec.width = request.width.value_or(tmpl.width);
+  spec.height = request.height.value_or(tmpl.height);
+  spec.steps = tmpl.steps;
+  spec.guidance = tmpl.guidance;
+  spec.sampler = tmpl.sampler;
+  spec.quality = !request.quality.empty() ? request.quality : tmpl.quality;
+  spec.style = request.style;
+  if (!primary && spec.backend_type != primary_type_of(tmpl)) {
+    spec.quality.clear();
+    spec.style.clear();
+  }
+  spec.template_name = tmpl.name;
+  spec.template_version = tmpl.version;
+
+  if (request.random_seed) {
+    spec.random_seed = true;
+    spec.seed = random_seed;
+  } else if (request.seed) {
+    spec.seed = *request.seed;
+  } else {
+    spec.seed = derive_seed(spec);
+  }
+
+  if (auto status = backend.validate(spec); !status) return std::move(status).error();
+  Candidate candidate;
+  candidate.key = cache_key(spec);
+  candidate.spec = std::move(spec);
+  candidate.backend = &backend;
+  return candidate;
+}
+
+std::string Resolver::primary_type_of(const config::TemplateConfig& tmpl) const {
+  const std::string name = tmpl.backend.empty() ? config_.default_backend : tmpl.backend;
+  auto it = backends_.find(name);
+  return it == backends_.end() ? std::string{} : std::string(it->second->type());
+}
+
 core::Result<ResolvedRequest> Resolver::resolve(const ImageRequest& request) const {
   auto tmpl_it = config_.templates.find(request.template_name);
   if (tmpl_it == config_.templates.end()) {
@@ -133,67 +188,48 @@ core::Result<ResolvedRequest> Resolver::resolve(const ImageRequest& request) con
   const std::string backend_name = tmpl.backend.empty() ? config_.default_backend : tmpl.backend;
   auto backend_it = backends_.find(backend_name);
   if (backend_it == backends_.end()) return core::Error::internal("backend \"" + backend_name + "\" is not running");
-  backends::Backend& backend = *backend_it->second;
 
   const auto& limits = config_.limits;
-  auto check_dimension = [&](const char* name, int value) -> core::Status {
+  const int width = request.width.value_or(tmpl.width);
+  const int height = request.height.value_or(tmpl.height);
+  for (const auto& [name, value] : {std::pair{"width", width}, std::pair{"height", height}}) {
     if (value < limits.min_dimension || value > limits.max_dimension) {
       return core::Error::invalid(std::string(name) + " must be between " + std::to_string(limits.min_dimension) +
                                       " and " + std::to_string(limits.max_dimension) + ", got " +
                                       std::to_string(value),
                                   name);
     }
-    return core::Ok{};
-  };
-
-  core::GenerationSpec spec;
-  spec.backend = backend.name();
-  spec.backend_type = std::string(backend.type());
-  spec.adapter_version = backend.adapter_version();
-  spec.model = !request.model.empty() ? request.model : !tmpl.model.empty() ? tmpl.model : backend.default_model();
-  auto values = template_values(tmpl, request);
-  if (!values) return std::move(values).error();
-  spec.prompt = render(tmpl.prompt, *values);
-  if (!tmpl.style.empty()) spec.prompt += ", " + render(tmpl.style, *values);
-  spec.negative_prompt = backend.supports_negative_prompt() ? render(tmpl.negative_prompt, *values) : std::string{};
-  spec.width = request.width.value_or(tmpl.width);
-  spec.height = request.height.value_or(tmpl.height);
-  if (auto status = check_dimension("width", spec.width); !status) return std::move(status).error();
-  if (auto status = check_dimension("height", spec.height); !status) return std::move(status).error();
-  if (!tmpl.sizes.empty() &&
-      std::find(tmpl.sizes.begin(), tmpl.sizes.end(), std::make_pair(spec.width, spec.height)) == tmpl.sizes.end()) {
+  }
+  if (!tmpl.sizes.empty() && std::find(tmpl.sizes.begin(), tmpl.sizes.end(), std::make_pair(width, height)) == tmpl.sizes.end()) {
     std::string choices;
     for (const auto& [w, h] : tmpl.sizes) choices += (choices.empty() ? "" : ", ") + std::to_string(w) + "x" + std::to_string(h);
-    return core::Error::invalid("size " + std::to_string(spec.width) + "x" + std::to_string(spec.height) +
+    return core::Error::invalid("size " + std::to_string(width) + "x" + std::to_string(height) +
                                     " is not allowed by template \"" + tmpl.name + "\"; use one of " + choices,
                                 "size");
   }
-  spec.steps = tmpl.steps;
-  spec.guidance = tmpl.guidance;
-  spec.sampler = tmpl.sampler;
-  spec.quality = !request.quality.empty() ? request.quality : tmpl.quality;
-  spec.style = request.style;
-  spec.template_name = tmpl.name;
-  spec.template_version = tmpl.version;
-
-  if (request.random_seed) {
-    spec.random_seed = true;
-    spec.seed = core::random_u64() % (kMaxSeed + 1);
-  } else if (request.seed) {
-    if (*request.seed > kMaxSeed) {
-      return core::Error::invalid("seed must be between 0 and " + std::to_string(kMaxSeed) + ", or \"random\"", "seed");
-    }
-    spec.seed = *request.seed;
-  } else {
-    spec.seed = derive_seed(spec);
+  if (request.seed && *request.seed > kMaxSeed) {
+    return core::Error::invalid("seed must be between 0 and " + std::to_string(kMaxSeed) + ", or \"random\"", "seed");
   }
 
-  if (auto status = backend.validate(spec); !status) return std::move(status).error();
+  auto values = template_values(tmpl, request);
+  if (!values) return std::move(values).error();
+  const std::uint64_t random_seed = request.random_seed ? core::random_u64() % (kMaxSeed + 1) : 0;
 
+  auto primary = build_candidate(request, tmpl, *values, *backend_it->second, true, random_seed);
+  if (!primary) return std::move(primary).error();
   ResolvedRequest resolved;
-  resolved.key = cache_key(spec);
-  resolved.spec = std::move(spec);
-  resolved.backend = &backend;
+  resolved.spec = std::move(primary->spec);
+  resolved.key = std::move(primary->key);
+  resolved.backend = primary->backend;
+
+  // A fallback that cannot take this request (another size rule, say) is
+  // left out rather than failing the request.
+  for (const auto& name : tmpl.fallbacks) {
+    auto it = backends_.find(name);
+    if (it == backends_.end() || it->second.get() == resolved.backend) continue;
+    auto fallback = build_candidate(request, tmpl, *values, *it->second, false, random_seed);
+    if (fallback) resolved.fallbacks.push_back(std::move(fallback).value());
+  }
   return resolved;
 }
 

@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "backends/backend.hpp"
 #include "config/config.hpp"
@@ -14,10 +15,20 @@
 
 namespace pixelgate::generation {
 
+// One backend's version of a request: its spec and key.
+struct Candidate {
+  core::GenerationSpec spec;
+  std::string key;
+  backends::Backend* backend = nullptr;
+};
+
+// The primary candidate, whose key names the image, and the template's
+// fallbacks in order, each with its own spec and key.
 struct ResolvedRequest {
   core::GenerationSpec spec;
   std::string key;
   backends::Backend* backend = nullptr;
+  std::vector<Candidate> fallbacks;
 };
 
 using BackendMap = std::map<std::string, std::unique_ptr<backends::Backend>>;
@@ -37,6 +48,11 @@ class Resolver {
   bool has_template(const std::string& name) const { return config_.templates.count(name) > 0; }
 
  private:
+  core::Result<Candidate> build_candidate(const ImageRequest& request, const config::TemplateConfig& tmpl,
+                                          const std::map<std::string, std::string>& values, backends::Backend& backend,
+                                          bool primary, std::uint64_t random_seed) const;
+  std::string primary_type_of(const config::TemplateConfig& tmpl) const;
+
   const config::Config& config_;
   const BackendMap& backends_;
 };
