@@ -406,6 +406,9 @@ function tomlValue(value) {
   if (typeof value === 'number' || typeof value === 'boolean') {
     return String(value);
   }
+  if (Array.isArray(value)) {
+    return `[${value.map(tomlValue).join(', ')}]`;
+  }
   throw new TypeError(`cannot write ${JSON.stringify(value)} as a TOML value`);
 }
 
@@ -423,7 +426,7 @@ function tomlTable(name, table) {
  * Writes a pixelgate TOML configuration from a plain object: { server, storage, limits, logging,
  * security, rate_limits, budgets, default_backend, and the named tables backends, templates and
  * api_keys, each {name: {...}} }.
- * Table values must be strings, numbers or booleans.
+ * Table values must be strings, numbers, booleans or arrays of them.
  */
 export function toToml(config) {
   const parts = [];
