@@ -23,10 +23,18 @@ struct GeneratedImage {
   int attempts = 1;                // calls made, retries included
 };
 
+class RetryBudget;
+
 // Per-call context. The deadline bounds the whole call, retries included.
 struct GenerateContext {
   std::string request_id;  // the id of the request that started the generation
   std::chrono::steady_clock::time_point deadline;
+  // Shared by all calls to this backend; null = retries limited only by
+  // max_retries. Adapters ask it before each retry (see allow_retry()).
+  RetryBudget* retry_budget = nullptr;
+
+  // Returns true when the backend's retry budget allows one more retry.
+  bool allow_retry() const;
 };
 
 // Thread-safety: validate() and generate() are called concurrently from

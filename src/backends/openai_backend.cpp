@@ -327,6 +327,11 @@ core::Result<GeneratedImage> OpenAIBackend::generate(const core::GenerationSpec&
     }
 
     if (!outcome.retry || attempt >= max_attempts) return outcome.error;
+    if (!context.allow_retry()) {
+      spdlog::warn("backend {}: not retrying request {}: the backend's retry budget is used up", config_.name,
+                   context.request_id);
+      return outcome.error;
+    }
     const auto delay = backoff_delay(attempt, std::chrono::milliseconds(config_.retry_base_delay_ms),
                                      std::chrono::milliseconds(config_.retry_max_delay_ms), outcome.retry_after);
     if (delay >= remaining(context)) {

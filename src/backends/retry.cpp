@@ -1,11 +1,15 @@
 #include "backends/retry.hpp"
 
+#include "backends/backend.hpp"
+
 #include <algorithm>
 #include <charconv>
 
 #include "core/hash.hpp"
 
 namespace pixelgate::backends {
+
+bool GenerateContext::allow_retry() const { return retry_budget == nullptr || retry_budget->try_spend(); }
 
 std::chrono::milliseconds backoff_delay(int attempt, std::chrono::milliseconds base, std::chrono::milliseconds max,
                                         std::optional<std::chrono::milliseconds> retry_after) {

@@ -1,11 +1,42 @@
 // Retry timing shared by the provider adapters.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
+#include <mutex>
 #include <optional>
 #include <string>
 
 namespace pixelgate::backends {
+
+// Caps retries across all calls to one backend, so a struggling provider is
+// not hit with max_retries times the traffic: every call deposits `ratio`
+// tokens (up to `max_tokens`), and every retry spends one. With the default
+// ratio of 0.2, retries add at most about 20% to the calls, plus a burst of
+// `max_tokens`. Thread-safe.
+class RetryBudget {
+ public:
+  explicit RetryBudget(double ratio = 0.2, double max_tokens = 10.0) : ratio_(ratio), max_tokens_(max_tokens), tokens_(max_tokens) {}
+
+  void record_call() {
+    std::lock_guard lock(mutex_);
+    tokens_ = std::min(max_tokens_, tokens_ + ratio_);
+  }
+
+  // Returns true, and spends a token, when a retry is allowed now.
+  bool try_spend() {
+    std::lock_guard lock(mutex_);
+    if (tokens_ < 1.0) return false;
+    tokens_ -= 1.0;
+    return true;
+  }
+
+ private:
+  const double ratio_;
+  const double max_tokens_;
+  std::mutex mutex_;
+  double tokens_;
+};
 
 // Returns the delay before retry number `attempt` (1 = the first retry):
 // the server's Retry-After when it sent one, else exponential backoff with

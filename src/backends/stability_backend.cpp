@@ -375,6 +375,11 @@ core::Result<GeneratedImage> StabilityBackend::generate(const core::GenerationSp
     }
 
     if (!failure.retry || attempt >= max_attempts) return failure.error;
+    if (!context.allow_retry()) {
+      spdlog::warn("backend {}: not retrying request {}: the backend's retry budget is used up", config_.name,
+                   context.request_id);
+      return failure.error;
+    }
     const auto delay = backoff_delay(attempt, std::chrono::milliseconds(config_.retry_base_delay_ms),
                                      std::chrono::milliseconds(config_.retry_max_delay_ms), failure.retry_after);
     if (delay >= remaining(context)) {

@@ -93,7 +93,13 @@ BackendHealth::BackendHealth(const config::Config& config, const core::Clock& cl
   for (const auto& [name, backend] : config.backends) {
     breakers_[name] = std::make_unique<CircuitBreaker>(name, backend.failure_threshold, backend.open_ms, clock);
     limiters_[name] = std::make_unique<ConcurrencyLimiter>(name, backend.max_concurrency, backend.queue_size);
+    retry_budgets_[name] = std::make_unique<backends::RetryBudget>();
   }
+}
+
+backends::RetryBudget* BackendHealth::retry_budget(const std::string& backend) {
+  auto it = retry_budgets_.find(backend);
+  return it == retry_budgets_.end() ? nullptr : it->second.get();
 }
 
 CircuitBreaker* BackendHealth::breaker(const std::string& backend) {

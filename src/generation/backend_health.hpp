@@ -9,6 +9,7 @@
 #include <mutex>
 #include <string>
 
+#include "backends/retry.hpp"
 #include "config/config.hpp"
 #include "core/clock.hpp"
 #include "core/error.hpp"
@@ -72,10 +73,12 @@ class BackendHealth {
 
   CircuitBreaker* breaker(const std::string& backend);
   ConcurrencyLimiter* limiter(const std::string& backend);
+  backends::RetryBudget* retry_budget(const std::string& backend);
 
  private:
   std::map<std::string, std::unique_ptr<CircuitBreaker>> breakers_;
   std::map<std::string, std::unique_ptr<ConcurrencyLimiter>> limiters_;
+  std::map<std::string, std::unique_ptr<backends::RetryBudget>> retry_budgets_;
 };
 
 // True for errors that say the backend, not the request, is the problem, so

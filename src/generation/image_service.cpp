@@ -311,6 +311,10 @@ core::Result<ImageOutcome> ImageService::call_backend(const Candidate& resolved,
                spec.backend, spec.model, spec.width, spec.height);
 
   backends::GenerateContext context{request_id, deadline};
+  if (options_.health) {
+    context.retry_budget = options_.health->retry_budget(spec.backend);
+    if (context.retry_budget) context.retry_budget->record_call();
+  }
   auto started = Clock::now();
   auto generated = resolved.backend->generate(spec, context);
   timings.generate_ms = elapsed_ms(started);

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "backends/backend.hpp"
+#include "backends/retry.hpp"
 #include "core/hash.hpp"
 #include "generation/backend_health.hpp"
 #include "generation/cache_key.hpp"
@@ -240,4 +241,24 @@ TEST_F(FallbackTest, RefusalIsRememberedPerKey) {
   EXPECT_EQ(again.error().code, core::ErrorCode::ContentRefused);
   EXPECT_EQ(primary_.calls.load(), 1);  // the second answer came from the refusal cache
   EXPECT_EQ(secondary_.calls.load(), 0);
+}
+
+TEST(RetryBudget, LimitsRetriesToRatioOfCalls) {
+  backends::RetryBudget budget(0.5, 2.0);
+  EXPECT_TRUE(budget.try_spend());  // starts full: a burst of 2
+  EXPECT_TRUE(budget.try_spend());
+  EXPECT_FALSE(budget.try_spend());
+  budget.record_call();
+  EXPECT_FALSE(budget.try_spend());  // half a token
+  budget.record_call();
+  EXPECT_TRUE(budget.try_spend());
+}
+
+TEST(RetryBudget, ContextWithoutBudgetAllows) {
+  backends::GenerateContext context;
+  EXPECT_TRUE(context.allow_retry());
+  backends::RetryBudget empty(0.1, 1.0);
+  ASSERT_TRUE(empty.try_spend());
+  context.retry_budget = &empty;
+  EXPECT_FALSE(context.allow_retry());
 }
