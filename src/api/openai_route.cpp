@@ -63,7 +63,9 @@ core::Result<GenerationsRequest> parse_body(const std::string& text, const confi
     if (!body["n"].is_number_integer()) return core::Error::invalid("n must be an integer", "n");
     const auto n = body["n"].get<std::int64_t>();
     if (n < 1 || n > config.limits.max_batch) {
-      return core::Error::invalid("n must be between 1 and " + std::to_string(config.limits.max_batch), "n");
+      return core::Error::invalid("n must be between 1 and " + std::to_string(config.limits.max_batch) + ", got " +
+                                      std::to_string(n),
+                                  "n");
     }
     request.n = static_cast<int>(n);
   }

@@ -126,6 +126,7 @@ int run_serve(const Arguments& args) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 
+  cli::warn_about_access(*config);
   auto runtime = cli::build_runtime(std::move(config).value());
   if (!runtime) {
     spdlog::error("start-up failed: {}", runtime.error().message);
@@ -216,19 +217,21 @@ int run_generate(const Arguments& args) {
   generation::ImageRequest request;
   request.prompt = args.positional[0];
   if (auto it = args.options.find("--template"); it != args.options.end()) request.template_name = it->second;
-  try {
-    if (auto it = args.options.find("--width"); it != args.options.end()) request.width = std::stoi(it->second);
-    if (auto it = args.options.find("--height"); it != args.options.end()) request.height = std::stoi(it->second);
-    if (auto it = args.options.find("--seed"); it != args.options.end()) {
-      if (it->second == "random") {
-        request.random_seed = true;
-      } else {
-        request.seed = std::stoull(it->second);
-      }
+  for (const char* flag : {"--width", "--height", "--seed"}) {
+    auto it = args.options.find(flag);
+    if (it == args.options.end()) continue;
+    std::uint64_t number = 0;
+    if (std::string(flag) == "--seed" && it->second == "random") {
+      request.random_seed = true;
+    } else if (!api::parse_unsigned(it->second, number) || number > 4294967294u) {
+      std::fprintf(stderr, "pixelgate generate: %s takes a whole number%s, got \"%s\"\n", flag,
+                   std::string(flag) == "--seed" ? " or \"random\"" : "", it->second.c_str());
+      return kExitUsage;
+    } else if (std::string(flag) == "--seed") {
+      request.seed = number;
+    } else {
+      (std::string(flag) == "--width" ? request.width : request.height) = static_cast<int>(std::min<std::uint64_t>(number, 100000));
     }
-  } catch (const std::exception&) {
-    std::fprintf(stderr, "pixelgate generate: --width, --height and --seed take whole numbers\n");
-    return kExitUsage;
   }
 
   auto resolved = rt.resolver->resolve(request);
@@ -295,10 +298,19 @@ int run_sign(const Arguments& args) {
   }
   std::string key_id = config->security.default_signing_key;
   if (auto it = args.options.find("--key"); it != args.options.end()) key_id = it->second;
-  auto key = config->security.signing_keys.find(key_id);
-  if (key_id.empty() || key == config->security.signing_keys.end()) {
-    std::fprintf(stderr, "pixelgate sign: no signing key \"%s\"; define [security.signing_keys.ID] with secret_env\n",
-                 key_id.c_str());
+  const auto& keys = config->security.signing_keys;
+  if (keys.empty()) {
+    std::fprintf(stderr, "pixelgate sign: %s defines no signing keys; pass --config FILE with a "
+                         "[security.signing_keys.ID] table (see docs/signing.md)\n",
+                 config_path(args).empty() ? "the built-in configuration" : config_path(args).c_str());
+    return kExitUsage;
+  }
+  auto key = keys.find(key_id);
+  if (key == keys.end()) {
+    std::string names;
+    for (const auto& [id, unused] : keys) names += (names.empty() ? "" : ", ") + id;
+    std::fprintf(stderr, "pixelgate sign: no signing key \"%s\"; the configuration has %s\n", key_id.c_str(),
+                 names.c_str());
     return kExitUsage;
   }
   std::optional<std::int64_t> expires;
@@ -496,9 +508,11 @@ int run_config_check(const Arguments& args) {
       return kExitUsage;
     }
   }
-  std::printf("configuration OK (%s): %zu backends, default \"%s\"; %zu templates; listening on %s:%d; storage %s\n",
-              path.empty() ? "embedded defaults" : path.c_str(), config->backends.size(),
-              config->default_backend.c_str(), config->templates.size(), config->server.host.c_str(),
+  std::printf("configuration OK (%s)\n  backends: %zu, default \"%s\"\n  templates: %zu\n  access: mode \"%s\", "
+              "%zu signing keys, %zu API keys\n  listening on %s:%d\n  storage: %s\n",
+              path.empty() ? "built-in defaults" : path.c_str(), config->backends.size(),
+              config->default_backend.c_str(), config->templates.size(), config->security.mode.c_str(),
+              config->security.signing_keys.size(), config->api_keys.size(), config->server.host.c_str(),
               config->server.port, config->storage.path.c_str());
   return 0;
 }

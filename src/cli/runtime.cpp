@@ -19,6 +19,20 @@ core::Result<config::Config> load_config(const std::string& path) {
   return config::load_file(path, config::process_environment());
 }
 
+void warn_about_access(const config::Config& config) {
+  const auto& security = config.security;
+  if (security.mode == "open") {
+    spdlog::warn("security: mode \"open\": anyone who reaches this server can generate images at your cost. "
+                 "Use it for local development only; set [security] mode = \"signed\" for anything public.");
+  } else if (security.signing_keys.empty() && config.api_keys.empty() &&
+             (security.mode == "signed" || security.public_templates.empty())) {
+    spdlog::warn("security: mode \"{}\" with no [security.signing_keys] and no [api_keys]: every image request "
+                 "will be rejected with 403. Add a signing key (docs/signing.md) or set mode = \"open\" for local "
+                 "development.",
+                 security.mode);
+  }
+}
+
 std::string ledger_path(const config::Config& config) {
   if (!config.budgets.ledger_path.empty()) return config.budgets.ledger_path;
   return (std::filesystem::path(config.storage.path) / "ledger.sqlite3").string();
@@ -51,10 +65,6 @@ core::Result<std::unique_ptr<Runtime>> build_runtime(config::Config config) {
   runtime->ledger = std::move(ledger).value();
   runtime->rate_limiter = std::make_unique<admission::InMemoryRateLimiter>(runtime->clock);
   runtime->gate = std::make_unique<admission::Gate>(cfg, runtime->clock, *runtime->rate_limiter, *runtime->ledger);
-  if (cfg.security.mode == "open") {
-    spdlog::warn("security: mode \"open\": anyone who reaches this server can generate images at your cost. "
-                 "Use it for local development only; set [security] mode = \"signed\" for anything public.");
-  }
 
   runtime->hot_cache = std::make_unique<storage::HotCache>(static_cast<std::size_t>(cfg.storage.hot_cache_bytes),
                                                            static_cast<std::size_t>(cfg.storage.hot_cache_max_object_bytes));

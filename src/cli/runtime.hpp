@@ -40,6 +40,10 @@ struct Runtime {
 // Starts libraries, backends, storage and workers. Errors name the setting.
 core::Result<std::unique_ptr<Runtime>> build_runtime(config::Config config);
 
+// Logs what an operator must know before serving: open access, or a signed
+// mode that no key can pass.
+void warn_about_access(const config::Config& config);
+
 // Loads the configuration from --config PATH (or PIXELGATE_CONFIG) and the
 // environment; an empty path means embedded defaults.
 core::Result<config::Config> load_config(const std::string& path);

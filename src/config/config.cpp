@@ -5,6 +5,7 @@
 #include <cstring>
 #include <functional>
 #include <regex>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -67,7 +68,7 @@ class TableReader {
     }
     if (value < min || value > max) {
       error(key, "must be between " + std::to_string(min) + " and " + std::to_string(max) + ", got " +
-                     std::to_string(value));
+                     std::to_string(value) + from_env(key));
       return;
     }
     out = value;
@@ -98,7 +99,7 @@ class TableReader {
     }
     if (!(value >= min && value <= max)) {
       std::ostringstream message;
-      message << "must be between " << min << " and " << max << ", got " << value;
+      message << "must be between " << min << " and " << max << ", got " << value << from_env(key);
       error(key, message.str());
       return;
     }
@@ -139,7 +140,7 @@ class TableReader {
     if (!allowed.empty() && !allowed.count(value)) {
       std::string choices;
       for (const auto& choice : allowed) choices += (choices.empty() ? "" : ", ") + ("\"" + choice + "\"");
-      error(key, "must be one of " + choices + ", got \"" + value + "\"");
+      error(key, "must be one of " + choices + ", got \"" + value + "\"" + from_env(key));
       return;
     }
     out = value;
@@ -219,6 +220,12 @@ class TableReader {
 
   std::string env_name(const std::string& key) const {
     return env_name_for(path_, key);
+  }
+
+  // Returns " (from VARIABLE)" when the value of `key` came from the environment.
+  std::string from_env(const std::string& key) const {
+    if (!env_ || !env_->count(env_name(key))) return {};
+    return " (from " + env_name(key) + ")";
   }
 
   std::optional<std::string> env_value(const std::string& key) {
@@ -832,7 +839,11 @@ core::Result<Config> load_from_string(const std::string& toml_text, const std::s
 }
 
 core::Result<Config> load_file(const std::string& path, const Environment& env) {
-  if (path.empty()) return load("", "embedded defaults", env, true);
+  if (path.empty()) return load("", "the built-in defaults", env, true);
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    return core::Error::invalid("cannot read configuration file \"" + path + "\": it is a directory; name a TOML file");
+  }
   std::ifstream file(path, std::ios::binary);
   if (!file) return core::Error::invalid("cannot read configuration file \"" + path + "\": " + std::strerror(errno));
   std::ostringstream text;

@@ -101,7 +101,8 @@ core::Result<std::map<std::string, std::string>> template_values(const config::T
 Resolver::Resolver(const config::Config& config, const BackendMap& backends) : config_(config), backends_(backends) {}
 
 core::Status Resolver::validate_prompt(const std::string& prompt) const {
-  if (prompt.empty()) return core::Error::invalid("prompt is missing or empty; give a description of the image", "prompt");
+  const bool blank = prompt.find_first_not_of(" \t") == std::string::npos;
+  if (blank) return core::Error::invalid("prompt is missing or empty; give a description of the image", "prompt");
   if (!core::is_valid_utf8(prompt)) return core::Error::invalid("prompt is not valid UTF-8", "prompt");
   if (core::has_control_characters(prompt)) {
     return core::Error::invalid("prompt contains control characters (newline, tab or other); remove them", "prompt");
@@ -208,7 +209,9 @@ core::Result<ResolvedRequest> Resolver::resolve(const ImageRequest& request) con
                                 "size");
   }
   if (request.seed && *request.seed > kMaxSeed) {
-    return core::Error::invalid("seed must be between 0 and " + std::to_string(kMaxSeed) + ", or \"random\"", "seed");
+    return core::Error::invalid("seed must be between 0 and " + std::to_string(kMaxSeed) + ", or \"random\", got " +
+                                    std::to_string(*request.seed),
+                                "seed");
   }
 
   auto values = template_values(tmpl, request);

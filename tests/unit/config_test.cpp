@@ -103,3 +103,14 @@ TEST(Config, UnknownEnvironmentSettingFails) {
 TEST(Config, InvalidTomlReportsPosition) {
   EXPECT_NE(load_error("[server\nport = 1\n").find("test.toml:1:"), std::string::npos);
 }
+
+TEST(Config, DirectoryIsNotAConfigFile) {
+  auto loaded = load_file("/tmp", {});
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_NE(loaded.error().message.find("is a directory"), std::string::npos);
+}
+
+TEST(Config, OutOfRangeEnvironmentValueNamesVariable) {
+  EXPECT_NE(load_error("", {{"PIXELGATE_SERVER_PORT", "99999"}}).find("got 99999 (from PIXELGATE_SERVER_PORT)"),
+            std::string::npos);
+}

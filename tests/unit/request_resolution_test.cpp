@@ -112,6 +112,7 @@ TEST_F(Resolution, RejectsBadInputNamingField) {
   const std::vector<Case> cases = {
       {"width=512", "prompt"},
       {"prompt=", "prompt"},
+      {"prompt=+++", "prompt"},
       {"prompt=a%0Ab", "prompt"},
       {"prompt=%FF", "prompt"},
       {"prompt=x&width=8", "width"},
