@@ -2,10 +2,12 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
+#include <openssl/core_names.h>
+#include <openssl/params.h>
 
 #include <algorithm>
 #include <ctime>
+#include <stdexcept>
 
 #include "core/hash.hpp"
 
@@ -106,10 +108,19 @@ core::Result<CanonicalRequest> canonicalize(std::string_view raw_path, std::stri
 }
 
 std::string hmac_sha256_base64url(std::string_view key, std::string_view message) {
+  // The MAC algorithm is fetched once: OpenSSL 3's one-shot HMAC() fetches
+  // it by name on every call, which costs more than the hash itself.
+  static EVP_MAC* mac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
   unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), reinterpret_cast<const unsigned char*>(message.data()),
-       message.size(), digest, &length);
+  std::size_t length = 0;
+  EVP_MAC_CTX* context = EVP_MAC_CTX_new(mac);
+  char digest_name[] = "SHA256";
+  const OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", digest_name, 0), OSSL_PARAM_construct_end()};
+  const bool ok = context && EVP_MAC_init(context, reinterpret_cast<const unsigned char*>(key.data()), key.size(), params) == 1 &&
+                  EVP_MAC_update(context, reinterpret_cast<const unsigned char*>(message.data()), message.size()) == 1 &&
+                  EVP_MAC_final(context, digest, &length, sizeof(digest)) == 1;
+  EVP_MAC_CTX_free(context);
+  if (!ok) throw std::runtime_error("OpenSSL HMAC-SHA256 failed");
   std::string text = core::base64_encode(std::string_view(reinterpret_cast<const char*>(digest), length));
   for (char& c : text) {
     if (c == '+') c = '-';

@@ -7,10 +7,21 @@
 
 namespace pixelgate::core {
 
+namespace {
+
+// OpenSSL 3 looks an algorithm up by name on every EVP_sha256() use; fetching
+// it once saves that lookup on each of the several hashes per request.
+const EVP_MD* sha256_md() {
+  static EVP_MD* md = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+  return md;
+}
+
+}  // namespace
+
 Sha256Digest sha256(std::string_view data) {
   Sha256Digest digest{};
   unsigned int length = 0;
-  if (EVP_Digest(data.data(), data.size(), digest.data(), &length, EVP_sha256(), nullptr) != 1) {
+  if (EVP_Digest(data.data(), data.size(), digest.data(), &length, sha256_md(), nullptr) != 1) {
     throw std::runtime_error("OpenSSL EVP_Digest(SHA-256) failed");
   }
   return digest;
