@@ -180,7 +180,9 @@ Admission Gate::admit(const RequestInfo& request, RouteKind route) const {
   const std::string bucket =
       api_key ? "req|" + admission.caller.principal : "req|addr:" + admission.caller.client_address;
   const RateDecision decision = limiter_.consume(bucket, policy);
-  add_rate_headers(admission, policy, decision);
+  // Image answers are cached by CDNs, so the live counters go only on JSON
+  // answers and on rejections.
+  if (route == RouteKind::JsonApi || !decision.allowed) add_rate_headers(admission, policy, decision);
   if (!decision.allowed) {
     spdlog::info("admission: request rate limit reached for {} ({})", admission.caller.principal,
                  admission.caller.client_address);

@@ -10,6 +10,7 @@
 #include "api/playground.hpp"
 #include "core/text.hpp"
 #include "delivery/image_response.hpp"
+#include "generation/resolution_cache.hpp"
 #include "storage/object_store.hpp"
 
 namespace pixelgate::api {
@@ -145,19 +146,26 @@ void App::handle_image(const http::Request& request, http::Responder responder, 
   auto admitted = admit(request, admission::RouteKind::ImageUrl, responder);
   if (!admitted) return;
 
-  auto parsed = parse_image_params(admitted->params, template_name.empty());
-  if (!parsed) return responder.send(error_response(parsed.error()));
-  if (!template_name.empty()) parsed->template_name = std::string(template_name);
-  if (admitted->public_templates_only && !context_.gate.is_public_template(parsed->template_name)) {
+  // The raw query is the cache id: admission has already checked it, and
+  // the same URL always resolves the same way.
+  const std::string resolution_id = std::string(template_name) + "?" + request.query;
+  std::shared_ptr<const generation::ResolvedRequest> resolved = context_.resolutions.find(resolution_id);
+  if (!resolved) {
+    auto parsed = parse_image_params(admitted->params, template_name.empty());
+    if (!parsed) return responder.send(error_response(parsed.error()));
+    if (!template_name.empty()) parsed->template_name = std::string(template_name);
+    auto fresh = context_.resolver.resolve(*parsed);
+    if (!fresh) return responder.send(error_response(fresh.error()));
+    resolved = std::make_shared<const generation::ResolvedRequest>(std::move(fresh).value());
+    if (!resolved->spec.random_seed) context_.resolutions.insert(resolution_id, resolved);
+  }
+  if (admitted->public_templates_only && !context_.gate.is_public_template(resolved->spec.template_name)) {
     return responder.send(error_response({core::ErrorCode::PermissionDenied,
-                                          "template \"" + parsed->template_name +
+                                          "template \"" + resolved->spec.template_name +
                                               "\" needs a signed URL or an API key; only the public templates "
                                               "may be used without one",
                                           "template", 0}));
   }
-
-  auto resolved = context_.resolver.resolve(*parsed);
-  if (!resolved) return responder.send(error_response(resolved.error()));
   const double resolve_ms = elapsed_ms(started);
 
   const bool random = resolved->spec.random_seed;

@@ -7,6 +7,7 @@
 #include "config/config.hpp"
 #include "core/worker_pool.hpp"
 #include "generation/image_service.hpp"
+#include "generation/resolution_cache.hpp"
 #include "generation/resolver.hpp"
 #include "http/message.hpp"
 #include "storage/object_store.hpp"
@@ -21,6 +22,7 @@ struct AppContext {
   storage::ObjectStore& store;
   core::WorkerPool& workers;
   admission::Gate& gate;
+  generation::ResolutionCache& resolutions;
 };
 
 // Thread-safety: handle() runs concurrently on every event-loop thread; the

@@ -135,7 +135,8 @@ int run_serve(const Arguments& args) {
   cli::Runtime& rt = **runtime;
   const auto& server_config = rt.config.server;
 
-  api::App app({rt.config, rt.backends, *rt.resolver, *rt.images, *rt.store, *rt.workers, *rt.gate});
+  generation::ResolutionCache resolutions(10'000);
+  api::App app({rt.config, rt.backends, *rt.resolver, *rt.images, *rt.store, *rt.workers, *rt.gate, resolutions});
   http::ServerOptions options;
   options.host = server_config.host;
   options.port = server_config.port;

@@ -79,8 +79,14 @@ bool valid_request_id(std::string_view id) {
   return true;
 }
 
+// Request ids need to be unique, not unpredictable: each thread seeds a
+// xorshift generator once from OpenSSL instead of asking it per request.
 std::string new_request_id() {
-  const std::uint64_t value = core::random_u64();
+  thread_local std::uint64_t state = core::random_u64() | 1;
+  state ^= state << 13;
+  state ^= state >> 7;
+  state ^= state << 17;
+  const std::uint64_t value = state;
   return core::to_hex(reinterpret_cast<const unsigned char*>(&value), sizeof(value));
 }
 
