@@ -12,6 +12,7 @@
 #include "generation/backend_health.hpp"
 #include "generation/cache_key.hpp"
 #include "generation/image_service.hpp"
+#include "generation/resolution_cache.hpp"
 #include "imaging/image.hpp"
 #include "storage/disk_store.hpp"
 
@@ -261,4 +262,21 @@ TEST(RetryBudget, ContextWithoutBudgetAllows) {
   ASSERT_TRUE(empty.try_spend());
   context.retry_budget = &empty;
   EXPECT_FALSE(context.allow_retry());
+}
+
+TEST(ResolutionCache, EvictsLeastRecentlyUsed) {
+  generation::ResolutionCache cache(2);
+  auto entry = [](const std::string& key) {
+    auto resolved = std::make_shared<generation::ResolvedRequest>();
+    resolved->key = key;
+    return std::shared_ptr<const generation::ResolvedRequest>(resolved);
+  };
+  cache.insert("?prompt=a", entry("a"));
+  cache.insert("?prompt=b", entry("b"));
+  ASSERT_TRUE(cache.find("?prompt=a"));  // a is now the most recent
+  cache.insert("?prompt=c", entry("c"));
+  EXPECT_TRUE(cache.find("?prompt=a"));
+  EXPECT_FALSE(cache.find("?prompt=b"));
+  ASSERT_TRUE(cache.find("?prompt=c"));
+  EXPECT_EQ(cache.find("?prompt=c")->key, "c");
 }
