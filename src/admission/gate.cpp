@@ -114,7 +114,7 @@ Admission Gate::admit(const RequestInfo& request, RouteKind route) const {
                                                    trusted_proxies_);
   const std::string& mode = config_.security.mode;
 
-  // 1. Who is asking: an API key, a signed URL, or nobody in particular.
+  // 1. Who is asking: an API key, a signed URL, or an anonymous caller.
   if (!request.authorization.empty()) {
     const std::string_view token = bearer_token(request.authorization);
     const config::ApiKeyConfig* key = find_api_key(token);
@@ -180,8 +180,8 @@ Admission Gate::admit(const RequestInfo& request, RouteKind route) const {
   const std::string bucket =
       api_key ? "req|" + admission.caller.principal : "req|addr:" + admission.caller.client_address;
   const RateDecision decision = limiter_.consume(bucket, policy);
-  // Image answers are cached by CDNs, so the live counters go only on JSON
-  // answers and on rejections.
+  // Image responses are cached by CDNs, so the live counters go only on JSON
+  // responses and on rejections.
   if (route == RouteKind::JsonApi || !decision.allowed) add_rate_headers(admission, policy, decision);
   if (!decision.allowed) {
     spdlog::info("admission: request rate limit reached for {} ({})", admission.caller.principal,

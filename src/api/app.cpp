@@ -174,8 +174,8 @@ void App::handle_image(const http::Request& request, http::Responder responder, 
   const bool placeholder = resolved->backend->is_placeholder();
   const std::string key = resolved->key;
 
-  // The key fixes the bytes, so a client that holds this ETag already has
-  // them: answer 304 without touching the cache.
+  // The key fixes the bytes, so a client that has this ETag already has
+  // them: respond 304 without touching the cache.
   if (!random && !if_none_match.empty() &&
       delivery::if_none_match_matches(if_none_match, delivery::etag_for_key(key))) {
     http::Response response;
@@ -191,7 +191,7 @@ void App::handle_image(const http::Request& request, http::Responder responder, 
       [responder, policy, if_none_match, placeholder, resolve_ms, started, key](core::Result<generation::ImageOutcome> outcome) {
         if (!outcome) return responder.send(error_response(outcome.error()));
         // A fallback's image is not the one this URL names, so no cache may
-        // keep it as the answer; the next request tries the primary again.
+        // keep it as the response; the next request tries the primary again.
         const bool fallback = !outcome->fallback_backend.empty();
         const auto effective_policy = fallback ? delivery::CachePolicy::NoStore : policy;
         auto response = to_http(delivery::build_image_response(*outcome->image, effective_policy, if_none_match));

@@ -1,4 +1,4 @@
-// The HTTP endpoints: the only place that knows URLs and JSON shapes.
+// The HTTP endpoints: the only module that defines URLs and JSON shapes.
 #pragma once
 
 #include <string>
@@ -45,7 +45,7 @@ class App {
   std::optional<admission::Admission> admit(const http::Request& request, admission::RouteKind route,
                                             const http::Responder& responder);
 
-  // Returns the absolute URL of a stored image for JSON answers: under
+  // Returns the absolute URL of a stored image for JSON responses: under
   // server.public_base_url, or else under the request's Host header.
   std::string image_url(std::string_view host_header, const std::string& key, const std::string& content_type) const;
 

@@ -24,14 +24,14 @@ std::chrono::milliseconds remaining(const GenerateContext& context) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(context.deadline - Clock::now());
 }
 
-// What one HTTP answer from the provider means for the retry loop.
+// What one HTTP response from the provider means for the retry loop.
 struct AttemptOutcome {
   bool retry = false;
   std::optional<std::chrono::milliseconds> retry_after;
   core::Error error;
 };
 
-// Maps an OpenAI error answer onto the common error vocabulary. OpenAI's error
+// Maps an OpenAI error response onto the common error vocabulary. OpenAI's error
 // body is {"error": {"message", "type", "param", "code"}}.
 AttemptOutcome classify_error(const OutboundResponse& response, const std::string& backend_name,
                               const std::string& request_id) {
@@ -72,7 +72,7 @@ AttemptOutcome classify_error(const OutboundResponse& response, const std::strin
     outcome.retry = true;
     outcome.error = core::Error::bad_gateway("the backend failed with HTTP " + std::to_string(status));
   } else {
-    outcome.error = core::Error::bad_gateway("the backend answered with unexpected HTTP " + std::to_string(status));
+    outcome.error = core::Error::bad_gateway("the backend responded with unexpected HTTP " + std::to_string(status));
   }
   return outcome;
 }
@@ -222,7 +222,7 @@ std::string OpenAIBackend::request_body(const core::GenerationSpec& spec) const 
   Json body = {{"model", spec.model}, {"prompt", spec.prompt}, {"n", 1}, {"size", size_text(spec.width, spec.height)}};
   if (!spec.quality.empty()) body["quality"] = spec.quality;
   if (!spec.style.empty()) body["style"] = spec.style;
-  // The gpt-image models always answer with base64 and reject
+  // The gpt-image models always respond with base64 and reject
   // response_format; the others default to URLs, so ask for base64.
   if (rules.family == Family::GptImage || rules.family == Family::GptImageFlexible) {
     body["output_format"] = "png";
@@ -256,7 +256,7 @@ core::Result<GeneratedImage> OpenAIBackend::parse_success(const std::string& bod
                                                           const core::GenerationSpec& spec) {
   const Json json = Json::parse(body, nullptr, false);
   if (!json.is_object() || !json.contains("data") || !json["data"].is_array()) {
-    return core::Error::bad_gateway("the backend's answer is not the expected JSON (no \"data\" array)");
+    return core::Error::bad_gateway("the backend's response is not the expected JSON (no \"data\" array)");
   }
   if (json["data"].empty()) return core::Error::bad_gateway("the backend returned no image (empty \"data\")");
   const Json& item = json["data"][0];
@@ -273,12 +273,12 @@ core::Result<GeneratedImage> OpenAIBackend::parse_success(const std::string& bod
     if (!bytes) return std::move(bytes).error();
     image.bytes = std::move(bytes).value();
   } else {
-    return core::Error::bad_gateway("the backend's answer has neither b64_json nor url");
+    return core::Error::bad_gateway("the backend's response has neither b64_json nor url");
   }
   if (item.contains("revised_prompt") && item["revised_prompt"].is_string()) image.revised_prompt = item["revised_prompt"];
 
   image.cost_usd = openai_list_price(spec.model, spec.width, spec.height, spec.quality);
-  // GPT image answers report token usage. Text input is $5 per million
+  // GPT image responses report token usage. Text input is $5 per million
   // tokens; image output is $40 per million for gpt-image-1 and $30 for
   // gpt-image-2 (OpenAI's price list at each model's launch).
   const double output_rate = spec.model == "gpt-image-1" ? 40e-6 : spec.model.rfind("gpt-image-2", 0) == 0 ? 30e-6 : 0;
@@ -304,7 +304,7 @@ core::Result<GeneratedImage> OpenAIBackend::generate(const core::GenerationSpec&
   for (int attempt = 1;; ++attempt) {
     const auto left = remaining(context);
     if (left.count() <= 0) {
-      return core::Error{core::ErrorCode::DeadlineExceeded, "generation timed out before the backend answered", {}, 0};
+      return core::Error{core::ErrorCode::DeadlineExceeded, "generation timed out before the backend responded", {}, 0};
     }
     request.timeout_ms = static_cast<int>(std::min<std::int64_t>(config_.timeout_ms, left.count()));
 

@@ -152,7 +152,7 @@ int run_serve(const Arguments& args) {
   http::AccessLogger access_logger;
   if (rt.config.logging.access_log) {
     access_logger = [](const http::AccessRecord& record) {
-      // Health probes come every few seconds and say nothing new.
+      // Health probes come every few seconds and carry no new information.
       if (record.request->path == "/healthz" || record.request->path == "/readyz") return;
       observability::log_access(format_access_record(record));
     };

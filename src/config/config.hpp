@@ -33,7 +33,7 @@ struct ServerConfig {
   int idle_timeout_ms = 60'000;    // keep-alive connection with no request
   int write_timeout_ms = 60'000;
   int shutdown_grace_ms = 30'000;  // wait for in-flight requests on SIGTERM
-  // Base for absolute image URLs in JSON answers, e.g. "https://img.example.com".
+  // Base for absolute image URLs in JSON responses, e.g. "https://img.example.com".
   // Empty: built from the request's Host header.
   std::string public_base_url;
 };
@@ -101,7 +101,7 @@ struct BudgetsConfig {
   double daily_usd = 0;    // all callers together; 0 = unlimited
   double monthly_usd = 0;
   // Reserved for a call whose price neither the cost table nor the adapter
-  // knows, so budgets still bound spending.
+  // has, so budgets still bound spending.
   double unknown_cost_usd = 0.25;
   std::string ledger_path;  // empty = <storage.path>/ledger.sqlite3
 };
@@ -121,7 +121,7 @@ struct LoggingConfig {
   bool access_log = true;
 };
 
-// The backend types this program knows; each has an adapter in backends/.
+// The backend types this program supports; each has an adapter in backends/.
 inline const std::set<std::string> kBackendTypes = {"openai",    "placeholder", "stability", "bedrock", "replicate",
                                                     "fal",       "a1111",       "comfyui",   "sdcpp"};
 

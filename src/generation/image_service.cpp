@@ -202,7 +202,7 @@ core::Result<ImageOutcome> ImageService::generate(const ResolvedRequest& resolve
   // A prompt that a provider refused is not sent again for a while, so a
   // refused URL embedded in a page does not cost a call on every view.
   if (auto refusal = find_refusal(resolved.key)) {
-    spdlog::info("generation: {} for request {} was refused recently; answering from the refusal cache",
+    spdlog::info("generation: {} for request {} was refused recently; returning the error from the refusal cache",
                  resolved.key, request_id);
     return *refusal;
   }

@@ -138,7 +138,7 @@ struct Server::Impl {
 
 // One client connection. Reads one request at a time: the next request is
 // read only after the response to the previous one has been written, so
-// pipelined requests are answered in order.
+// pipelined requests get their responses in order.
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(tcp::socket socket, Server::Impl& server)
@@ -243,7 +243,7 @@ class Session : public std::enable_shared_from_this<Session> {
     const bool timed_out = timed_out_;
     stop_request_timer();
     if (timed_out) {
-      // Some bytes arrived but not a whole request in time: say so, then close.
+      // Some bytes arrived but not a whole request in time: send 408, then close.
       const bool partial = buffer_.size() > 0 || (parser_ && parser_->got_some());
       if (partial && !closing_) {
         return send_error_and_close(408, "request headers or body not received within " +
@@ -324,7 +324,7 @@ class Session : public std::enable_shared_from_this<Session> {
     request_.received_at = request.received_at;
     parser_.reset();
 
-    // The handler may answer inline or later from another thread; either way
+    // The handler may respond inline or later from another thread; either way
     // the write is posted back onto this connection's strand.
     std::weak_ptr<Session> weak = shared_from_this();
     auto executor = stream_.get_executor();
@@ -333,7 +333,7 @@ class Session : public std::enable_shared_from_this<Session> {
         if (auto self = weak.lock()) self->write(std::move(response));
       });
     });
-    // Hold a reference while the request is in progress, so an answer that
+    // Hold a reference while the request is in progress, so a response that
     // arrives late still finds the connection (or learns it is gone).
     in_flight_ = shared_from_this();
     try {
