@@ -240,21 +240,7 @@ core::Result<GeneratedImage> A1111Backend::call(const core::GenerationSpec& spec
     }
 
     if (!outcome.retry || attempt >= max_attempts) return outcome.error;
-    if (!context.allow_retry()) {
-      spdlog::warn("backend {}: not retrying request {}: the backend's retry budget is used up", config_.name,
-                   context.request_id);
-      return outcome.error;
-    }
-    const auto delay = backoff_delay(attempt, std::chrono::milliseconds(config_.retry_base_delay_ms),
-                                     std::chrono::milliseconds(config_.retry_max_delay_ms), outcome.retry_after);
-    if (delay >= remaining(context)) {
-      spdlog::warn("backend {}: not retrying request {}: the {} ms delay would pass its deadline", config_.name,
-                   context.request_id, delay.count());
-      return outcome.error;
-    }
-    spdlog::info("backend {}: retrying request {} in {} ms (attempt {} of {})", config_.name, context.request_id,
-                 delay.count(), attempt + 1, max_attempts);
-    std::this_thread::sleep_for(delay);
+    if (!sleep_before_retry(config_, context, attempt, max_attempts, outcome.retry_after)) return outcome.error;
   }
 }
 

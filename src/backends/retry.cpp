@@ -1,15 +1,39 @@
 #include "backends/retry.hpp"
 
-#include "backends/backend.hpp"
-
 #include <algorithm>
 #include <charconv>
+#include <thread>
 
+#include <spdlog/spdlog.h>
+
+#include "backends/backend.hpp"
 #include "core/hash.hpp"
 
 namespace pixelgate::backends {
 
 bool GenerateContext::allow_retry() const { return retry_budget == nullptr || retry_budget->try_spend(); }
+
+bool sleep_before_retry(const config::BackendConfig& config, const GenerateContext& context, int attempt,
+                        int max_attempts, std::optional<std::chrono::milliseconds> retry_after) {
+  if (!context.allow_retry()) {
+    spdlog::warn("backend {}: not retrying request {}: the backend's retry budget is used up", config.name,
+                 context.request_id);
+    return false;
+  }
+  const auto delay = backoff_delay(attempt, std::chrono::milliseconds(config.retry_base_delay_ms),
+                                   std::chrono::milliseconds(config.retry_max_delay_ms), retry_after);
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(context.deadline -
+                                                                          std::chrono::steady_clock::now());
+  if (delay >= left) {
+    spdlog::warn("backend {}: not retrying request {}: the {} ms delay would pass its deadline", config.name,
+                 context.request_id, delay.count());
+    return false;
+  }
+  spdlog::info("backend {}: retrying request {} in {} ms (attempt {} of {})", config.name, context.request_id,
+               delay.count(), attempt + 1, max_attempts);
+  std::this_thread::sleep_for(delay);
+  return true;
+}
 
 std::chrono::milliseconds backoff_delay(int attempt, std::chrono::milliseconds base, std::chrono::milliseconds max,
                                         std::optional<std::chrono::milliseconds> retry_after) {

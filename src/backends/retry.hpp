@@ -7,6 +7,8 @@
 #include <optional>
 #include <string>
 
+#include "config/config.hpp"
+
 namespace pixelgate::backends {
 
 // Caps retries across all calls to one backend, so a struggling provider is
@@ -44,6 +46,15 @@ class RetryBudget {
 // capped at `max`.
 std::chrono::milliseconds backoff_delay(int attempt, std::chrono::milliseconds base, std::chrono::milliseconds max,
                                         std::optional<std::chrono::milliseconds> retry_after);
+
+struct GenerateContext;
+
+// Decides and waits before retry number `attempt` + 1 of `max_attempts`:
+// returns false, with a log line saying why, when the backend's retry budget
+// is used up or the backoff delay would pass the call's deadline; otherwise
+// logs the retry, sleeps for the delay and returns true.
+bool sleep_before_retry(const config::BackendConfig& config, const GenerateContext& context, int attempt,
+                        int max_attempts, std::optional<std::chrono::milliseconds> retry_after);
 
 // Parses a Retry-After value in seconds ("3") or OpenAI's retry-after-ms
 // ("1500"); HTTP dates are not used by the providers and are ignored.

@@ -375,21 +375,7 @@ core::Result<GeneratedImage> StabilityBackend::generate(const core::GenerationSp
     }
 
     if (!failure.retry || attempt >= max_attempts) return failure.error;
-    if (!context.allow_retry()) {
-      spdlog::warn("backend {}: not retrying request {}: the backend's retry budget is used up", config_.name,
-                   context.request_id);
-      return failure.error;
-    }
-    const auto delay = backoff_delay(attempt, std::chrono::milliseconds(config_.retry_base_delay_ms),
-                                     std::chrono::milliseconds(config_.retry_max_delay_ms), failure.retry_after);
-    if (delay >= remaining(context)) {
-      spdlog::warn("backend {}: not retrying request {}: the {} ms delay would pass its deadline", config_.name,
-                   context.request_id, delay.count());
-      return failure.error;
-    }
-    spdlog::info("backend {}: retrying request {} in {} ms (attempt {} of {})", config_.name, context.request_id,
-                 delay.count(), attempt + 1, max_attempts);
-    std::this_thread::sleep_for(delay);
+    if (!sleep_before_retry(config_, context, attempt, max_attempts, failure.retry_after)) return failure.error;
   }
 }
 
