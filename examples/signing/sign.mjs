@@ -14,7 +14,9 @@ export function signUrl(pathAndQuery, keyId, secret, expiresAt) {
   if (expiresAt !== undefined) params.push(['exp', String(expiresAt)]);
 
   const encoded = params.map(([name, value]) => [encode(name), encode(value)]);
-  const sorted = [...encoded].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0));
+  // Bytewise order by name, then by value; the encoded strings are ASCII.
+  const compare = (x, y) => (x < y ? -1 : x > y ? 1 : 0);
+  const sorted = [...encoded].sort((a, b) => compare(a[0], b[0]) || compare(a[1], b[1]));
   const path = decodeURIComponent(url.pathname).split('/').map(encode).join('/');
   const canonical = ['PIXELGATE-HMAC-SHA256', path, sorted.map(([n, v]) => `${n}=${v}`).join('&')].join('\n');
   const sig = createHmac('sha256', secret).update(canonical).digest('base64url');

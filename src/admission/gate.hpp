@@ -1,5 +1,5 @@
 // Admission control for every image request: authentication (API keys and
-// signed URLs), rate limits, concurrency caps and spend budgets. It answers
+// signed URLs), rate limits, concurrency caps and spend budgets. It decides
 // before any money is spent.
 #pragma once
 

@@ -191,7 +191,7 @@ void App::handle_image(const http::Request& request, http::Responder responder, 
       [responder, policy, if_none_match, placeholder, resolve_ms, started, key](core::Result<generation::ImageOutcome> outcome) {
         if (!outcome) return responder.send(error_response(outcome.error()));
         // A fallback's image is not the one this URL names, so no cache may
-        // keep it as the response; the next request tries the primary again.
+        // keep it as the response. The next request tries the primary again.
         const bool fallback = !outcome->fallback_backend.empty();
         const auto effective_policy = fallback ? delivery::CachePolicy::NoStore : policy;
         auto response = to_http(delivery::build_image_response(*outcome->image, effective_policy, if_none_match));

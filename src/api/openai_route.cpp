@@ -113,7 +113,7 @@ core::Result<GenerationsRequest> parse_body(const std::string& text, const confi
   return request;
 }
 
-// Collects the n images of one request and answers once all are in.
+// Collects the n images of one request and responds once all are in.
 struct Batch {
   explicit Batch(int n) : items(static_cast<std::size_t>(n)), remaining(n) {}
   std::mutex mutex;

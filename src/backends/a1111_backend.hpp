@@ -9,7 +9,7 @@
 
 namespace pixelgate::backends {
 
-// What the adapter sends when the spec leaves a setting at 0 or empty: the
+// Values the adapter sends when the spec leaves a setting at 0 or empty: the
 // web UI's own txt2img defaults.
 inline constexpr int kA1111DefaultSteps = 20;
 inline constexpr double kA1111DefaultCfgScale = 7.0;

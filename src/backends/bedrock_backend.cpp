@@ -75,7 +75,7 @@ bool mentions_content_filter(const std::string& message) {
   return lower.find("content filter") != std::string::npos || lower.find("blocked by our content") != std::string::npos;
 }
 
-// What one HTTP response from Bedrock means for the retry loop.
+// The retry loop's reading of one HTTP response from Bedrock.
 struct AttemptOutcome {
   bool retry = false;
   std::optional<std::chrono::milliseconds> retry_after;

@@ -116,7 +116,7 @@ core::Result<OutboundResponse> perform(const OutboundRequest& request) {
   if (code == CURLE_OK) return response;
   const std::string detail = error_text[0] ? error_text : curl_easy_strerror(code);
   if (state.too_large) {
-    return core::Error::bad_gateway("the backend's answer exceeds " +
+    return core::Error::bad_gateway("the backend's response exceeds " +
                                     std::to_string(request.max_response_bytes) + " bytes");
   }
   if (code == CURLE_OPERATION_TIMEDOUT) {

@@ -44,7 +44,7 @@ void initialize_http_client();
 
 // Performs one request. Transport failures become errors: DeadlineExceeded
 // for a timeout, Unavailable for a refused or failed connection, BadGateway
-// for an oversized answer. Any HTTP status is a success here. Only http and
+// for an oversized response. Any HTTP status is a success here. Only http and
 // https URLs are followed, and redirects are not. Thread-safe: each thread
 // reuses its own connection handle.
 core::Result<OutboundResponse> perform(const OutboundRequest& request);

@@ -24,7 +24,7 @@ std::chrono::milliseconds remaining(const GenerateContext& context) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(context.deadline - Clock::now());
 }
 
-// What one HTTP response from the provider means for the retry loop.
+// The retry loop's reading of one HTTP response from the provider.
 struct AttemptOutcome {
   bool retry = false;
   std::optional<std::chrono::milliseconds> retry_after;
@@ -278,8 +278,8 @@ core::Result<GeneratedImage> OpenAIBackend::parse_success(const std::string& bod
   if (item.contains("revised_prompt") && item["revised_prompt"].is_string()) image.revised_prompt = item["revised_prompt"];
 
   image.cost_usd = openai_list_price(spec.model, spec.width, spec.height, spec.quality);
-  // GPT image responses report token usage. Text input is $5 per million
-  // tokens; image output is $40 per million for gpt-image-1 and $30 for
+  // GPT image responses report token usage. Text input costs $5 per million
+  // tokens. Image output costs $40 per million for gpt-image-1 and $30 for
   // gpt-image-2 (OpenAI's price list at each model's launch).
   const double output_rate = spec.model == "gpt-image-1" ? 40e-6 : spec.model.rfind("gpt-image-2", 0) == 0 ? 30e-6 : 0;
   if (output_rate > 0 && json.contains("usage") && json["usage"].is_object()) {

@@ -49,10 +49,10 @@ std::chrono::milliseconds backoff_delay(int attempt, std::chrono::milliseconds b
 
 struct GenerateContext;
 
-// Decides and waits before retry number `attempt` + 1 of `max_attempts`:
-// returns false, with a log line saying why, when the backend's retry budget
-// is used up or the backoff delay would pass the call's deadline; otherwise
-// logs the retry, sleeps for the delay and returns true.
+// Waits before retry number `attempt` + 1 of `max_attempts`. Returns false,
+// with a log line saying why, when the backend's retry budget is used up or
+// the backoff delay would pass the call's deadline. Otherwise it logs the
+// retry, sleeps for the delay and returns true.
 bool sleep_before_retry(const config::BackendConfig& config, const GenerateContext& context, int attempt,
                         int max_attempts, std::optional<std::chrono::milliseconds> retry_after);
 

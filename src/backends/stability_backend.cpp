@@ -330,7 +330,7 @@ core::Result<GeneratedImage> StabilityBackend::generate(const core::GenerationSp
     if (left.count() <= 0) {
       spdlog::warn("backend {}: request {} passed its deadline before attempt {}", config_.name, context.request_id,
                    attempt);
-      return core::Error{core::ErrorCode::DeadlineExceeded, "generation timed out before the backend answered", {}, 0};
+      return core::Error{core::ErrorCode::DeadlineExceeded, "generation timed out before the backend responded", {}, 0};
     }
     request.timeout_ms = static_cast<int>(std::min<std::int64_t>(config_.timeout_ms, left.count()));
 

@@ -35,7 +35,7 @@ std::string env_name_for(const std::string& section, const std::string& key) {
 }
 
 // Reads the keys of one TOML table into typed fields, records every problem
-// with its full key path, and reports keys that nobody read as unknown.
+// with its full key path, and reports keys that no read_* call asked for as unknown.
 class TableReader {
  public:
   TableReader(const toml::table* table, std::string path, std::vector<std::string>& errors,

@@ -48,7 +48,7 @@ struct Error {
   std::string param;
   // Seconds after which a retry may succeed; 0 when unknown or not relevant.
   int retry_after_seconds = 0;
-  // Headers the HTTP answer carries with this error, e.g. RateLimit.
+  // Headers the HTTP response carries with this error, e.g. RateLimit.
   std::vector<std::pair<std::string, std::string>> response_headers;
 
   static Error invalid(std::string message, std::string param = {}) {

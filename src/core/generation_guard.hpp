@@ -1,5 +1,5 @@
 // The hook through which admission control (rate limits on generations,
-// concurrency caps, spend budgets) sees each generation. It lives in core/
+// concurrency caps, spend budgets) checks each generation. It lives in core/
 // so that generation/ can call it without depending on admission/.
 #pragma once
 
@@ -12,7 +12,7 @@
 
 namespace pixelgate::core {
 
-// Who asked for a generation.
+// The caller of a generation.
 struct GenerationCaller {
   std::string principal;       // e.g. "key:site-a", "kid:k1", "anonymous"
   std::string client_address;  // after trusted-proxy processing

@@ -9,7 +9,7 @@ namespace pixelgate::core {
 
 namespace {
 
-// OpenSSL 3 looks an algorithm up by name on every EVP_sha256() use; fetching
+// OpenSSL 3 looks an algorithm up by name on every EVP_sha256() use. Fetching
 // it once saves that lookup on each of the several hashes per request.
 const EVP_MD* sha256_md() {
   static EVP_MD* md = EVP_MD_fetch(nullptr, "SHA256", nullptr);

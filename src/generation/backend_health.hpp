@@ -81,7 +81,7 @@ class BackendHealth {
   std::map<std::string, std::unique_ptr<backends::RetryBudget>> retry_budgets_;
 };
 
-// True for errors that say the backend, not the request, is the problem, so
+// Returns true for errors that show the backend, not the request, is the problem, so
 // another backend may succeed: Unavailable, ResourceExhausted,
 // DeadlineExceeded and BadGateway.
 bool is_backend_failure(core::ErrorCode code) noexcept;

@@ -41,7 +41,7 @@ struct ImageOutcome {
   double cost_usd = 0;  // non-zero only for the request that paid for a generation
   // Set when a fallback backend made the image: it is stored under its own
   // key (image->key), not the requested one, so it must not be cached as
-  // the answer for the requested URL.
+  // the response for the requested URL.
   std::string fallback_backend;
 };
 
@@ -54,7 +54,7 @@ struct ImageServiceOptions {
   core::GenerationGuard* guard = nullptr;
   // Circuit breakers and concurrency limits per backend; null = none.
   BackendHealth* health = nullptr;
-  // How long a content refusal is answered without calling the backend
+  // How long a content refusal is returned without calling the backend
   // again; 0 turns the refusal cache off.
   std::chrono::milliseconds refusal_ttl{600'000};
 };

@@ -1,4 +1,4 @@
-// What a user asked for, before any defaults or validation.
+// The user's request for an image, before any defaults or validation.
 #pragma once
 
 #include <cstdint>

@@ -405,7 +405,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   std::shared_ptr<Session> in_flight_;
   std::string remote_address_;
-  Request request_;  // method, path and id of the request being answered, for the access log
+  Request request_;  // method, path and id of the request in progress, for the access log
   AccessRecord record_;
   Clock::time_point request_started_{};
   bool keep_alive_ = false;

@@ -1,5 +1,5 @@
 // An HTTP/1.1 server on Boost.Beast: keep-alive, HEAD, limits, timeouts and
-// graceful shutdown. It knows nothing about images; every request goes to the
+// graceful shutdown. It has no image logic: every request goes to the
 // one Handler it was given.
 #pragma once
 

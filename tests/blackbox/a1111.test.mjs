@@ -1,5 +1,5 @@
 // The a1111 backend against tests/fakes/a1111-fake.mjs: success and caching, basic auth,
-// error mapping, retries, timeouts, malformed answers, and one call at a time per instance.
+// error mapping, retries, timeouts, malformed responses, and one call at a time per instance.
 
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';

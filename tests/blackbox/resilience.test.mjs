@@ -1,6 +1,6 @@
 // Routing through pixelgate: a failing primary backend falls back to the next one, the
-// fallback's image is never cacheable as the requested URL's answer, the circuit breaker
-// stops calling a failing backend, and a content refusal is answered from the refusal cache.
+// fallback's image is never cacheable as the requested URL's response, the circuit breaker
+// stops calling a failing backend, and a content refusal is returned from the refusal cache.
 
 import assert from 'node:assert/strict';
 import { after, before, beforeEach, describe, test } from 'node:test';

@@ -322,7 +322,8 @@ describe('gpt-image-2 and later', () => {
     assert.equal(png.height, 864);
     assert.equal(body.size, '1536x864');
     assert.equal(sha256(bytes), expectedImageSha256('gpt-image-2', 'wide banner', '1536x864', 0));
-    assert.ok(Number.isInteger(body.usage.output_tokens) && body.usage.output_tokens > 0, 'output tokens are estimated');
+    assert.ok(Number.isInteger(body.usage.output_tokens), 'output tokens are an integer');
+    assert.ok(body.usage.output_tokens > 0, 'output tokens are estimated');
     assert.equal(body.usage.total_tokens, body.usage.input_tokens + body.usage.output_tokens);
   });
 
@@ -569,7 +570,8 @@ describe('validation', () => {
     assert.equal(response.status, 404);
     const { error } = await response.json();
     assert.equal(error.type, 'invalid_request_error');
-    assert.ok('param' in error && 'code' in error);
+    assert.ok('param' in error);
+    assert.ok('code' in error);
   });
 });
 

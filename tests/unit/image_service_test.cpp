@@ -176,7 +176,7 @@ TEST_F(ImageServiceTest, GuardSettlesSuccessAndRefundsFailure) {
   };
   auto success = run(request("settled"));
   ASSERT_TRUE(success.ok());
-  EXPECT_DOUBLE_EQ(success->cost_usd, 1.25);  // the guard's answer becomes the reported cost
+  EXPECT_DOUBLE_EQ(success->cost_usd, 1.25);  // the guard's settled amount becomes the reported cost
   backend_.fail = true;
   EXPECT_FALSE(run(request("refunded")).ok());
   EXPECT_EQ(guard.settled, 1);

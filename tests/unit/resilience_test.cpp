@@ -240,7 +240,7 @@ TEST_F(FallbackTest, RefusalIsRememberedPerKey) {
   auto again = run(resolved);
   ASSERT_FALSE(again.ok());
   EXPECT_EQ(again.error().code, core::ErrorCode::ContentRefused);
-  EXPECT_EQ(primary_.calls.load(), 1);  // the second answer came from the refusal cache
+  EXPECT_EQ(primary_.calls.load(), 1);  // the second error came from the refusal cache
   EXPECT_EQ(secondary_.calls.load(), 0);
 }
 
