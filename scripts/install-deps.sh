@@ -32,5 +32,5 @@ if ((${#missing[@]})); then
 fi
 
 if [[ $with_tests == 1 ]]; then
-  (cd tests/blackbox && npm ci --no-audit --no-fund --loglevel=error)
+  (cd tests && npm ci --no-audit --no-fund --loglevel=error)
 fi

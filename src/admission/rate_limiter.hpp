@@ -27,6 +27,9 @@ struct RateDecision {
   int remaining = 0;            // whole tokens left after this request
   int reset_seconds = 0;        // until the bucket is full again
   int retry_after_seconds = 0;  // when rejected: until one token is back
+  // Set when a shared limiter could not reach its store; `allowed` is then
+  // false, and the caller decides whether to fail open or closed.
+  bool unavailable = false;
 };
 
 class RateLimiter {

@@ -25,7 +25,7 @@ constexpr std::string_view kEnvPrefix = "PIXELGATE_";
 const std::set<std::string> kReservedParameters = {"prompt", "width",    "height", "size", "seed",
                                                    "template", "style", "sig",   "kid",  "exp"};
 // Sections whose scalar keys can be set from the environment.
-const std::vector<std::string> kEnvSections = {"rate_limits", "security", "budgets", "server", "storage", "limits",
+const std::vector<std::string> kEnvSections = {"rate_limits", "security", "budgets", "server", "storage", "redis", "limits",
                                                 "logging"};
 
 std::string env_name_for(const std::string& section, const std::string& key) {
@@ -294,12 +294,96 @@ void read_server(TableReader& reader, ServerConfig& server) {
   }
 }
 
-void read_storage(TableReader& reader, StorageConfig& storage) {
-  reader.read_string("kind", storage.kind, {"disk"});
+bool is_http_url(const std::string& url) {
+  return url.rfind("http://", 0) == 0 || url.rfind("https://", 0) == 0;
+}
+
+void read_s3(TableReader& reader, S3Config& s3, const Environment& env) {
+  for (const char* name : {"AWS_REGION", "AWS_DEFAULT_REGION"}) {
+    auto it = env.find(name);
+    if (it != env.end() && !it->second.empty()) {
+      s3.region = it->second;
+      break;
+    }
+  }
+  reader.read_string("endpoint", s3.endpoint);
+  reader.read_string("bucket", s3.bucket);
+  reader.read_string("region", s3.region);
+  reader.read_string("addressing", s3.addressing, {"path", "virtual"});
+  reader.read_string("prefix", s3.prefix);
+  reader.read_secret_env("access_key_env", s3.access_key, env);
+  reader.read_secret_env("secret_key_env", s3.secret_key, env);
+  reader.read_secret_env("session_token_env", s3.session_token, env);
+  reader.read_bool("create_only", s3.create_only);
+  reader.read_int("connect_timeout_ms", s3.connect_timeout_ms, 1, 600'000);
+  reader.read_int("timeout_ms", s3.timeout_ms, 1, 3'600'000);
+  reader.read_int("max_attempts", s3.max_attempts, 1, 20);
+  while (!s3.endpoint.empty() && s3.endpoint.back() == '/') s3.endpoint.pop_back();
+  if (s3.endpoint.empty()) {
+    reader.error("endpoint", "missing; name the S3 service, e.g. \"https://s3.us-east-1.amazonaws.com\"");
+  } else if (!is_http_url(s3.endpoint)) {
+    reader.error("endpoint", "must start with http:// or https://, got \"" + s3.endpoint + "\"");
+  }
+  if (s3.bucket.empty()) reader.error("bucket", "missing; name the bucket that holds the images");
+  if (s3.region.empty()) reader.error("region", "must not be empty");
+  if (s3.access_key.empty() || s3.secret_key.empty()) {
+    reader.error("access_key_env", "the environment variables " + s3.access_key.env_name + " and " +
+                                       s3.secret_key.env_name + " must both be set");
+  }
+}
+
+void read_storage(TableReader& reader, StorageConfig& storage, const toml::table* table,
+                  std::vector<std::string>& errors, const Environment& env) {
+  reader.read_string("kind", storage.kind, {"disk", "s3"});
   reader.read_string("path", storage.path);
   if (storage.path.empty()) reader.error("path", "must not be empty");
   reader.read_int64("hot_cache_bytes", storage.hot_cache_bytes, 0, 1LL << 40);
   reader.read_int64("hot_cache_max_object_bytes", storage.hot_cache_max_object_bytes, 0, 1LL << 32);
+  reader.read_string("delivery", storage.delivery, {"proxy", "redirect"});
+  reader.read_string("redirect_base_url", storage.redirect_base_url);
+  reader.read_int("presign_seconds", storage.presign_seconds, 1, 7 * 24 * 3600);
+  while (!storage.redirect_base_url.empty() && storage.redirect_base_url.back() == '/') {
+    storage.redirect_base_url.pop_back();
+  }
+  if (!storage.redirect_base_url.empty() && !is_http_url(storage.redirect_base_url)) {
+    reader.error("redirect_base_url", "must start with http:// or https://, got \"" + storage.redirect_base_url + "\"");
+  }
+  if (storage.delivery == "redirect" && storage.redirect_base_url.empty() && storage.kind != "s3") {
+    reader.error("delivery", "\"redirect\" needs redirect_base_url, or kind = \"s3\" for presigned URLs");
+  }
+
+  const toml::table* s3_table = nullptr;
+  if (table) {
+    if (const toml::node* node = table->get("s3")) {
+      reader.mark_known("s3");
+      s3_table = node->as_table();
+      if (!s3_table) errors.push_back("storage.s3: must be a table");
+    }
+  }
+  if (storage.kind == "s3") {
+    TableReader s3_reader(s3_table, "storage.s3", errors);
+    read_s3(s3_reader, storage.s3, env);
+    s3_reader.finish();
+  } else if (s3_table) {
+    errors.push_back("storage.s3: only read when storage.kind is \"s3\"");
+  }
+}
+
+void read_redis(TableReader& reader, RedisConfig& redis, const Environment& env) {
+  reader.read_string("url", redis.url);
+  reader.read_secret_env("password_env", redis.password, env);
+  reader.read_string("key_prefix", redis.key_prefix);
+  reader.read_int("connect_timeout_ms", redis.connect_timeout_ms, 1, 60'000);
+  reader.read_int("command_timeout_ms", redis.command_timeout_ms, 1, 60'000);
+  reader.read_int("pool_size", redis.pool_size, 1, 1024);
+  reader.read_int("lease_ttl_ms", redis.lease_ttl_ms, 1'000, 3'600'000);
+  reader.read_int("lease_poll_ms", redis.lease_poll_ms, 10, 60'000);
+  if (!redis.url.empty() && redis.url.rfind("redis://", 0) != 0 && redis.url.rfind("unix://", 0) != 0) {
+    reader.error("url", "must start with redis:// or unix://, got \"" + redis.url + "\"");
+  }
+  if (!redis.password.env_name.empty() && redis.password.empty()) {
+    reader.error("password_env", "the environment variable " + redis.password.env_name + " is unset or empty");
+  }
 }
 
 void read_limits(TableReader& reader, LimitsConfig& limits) {
@@ -734,7 +818,7 @@ core::Result<Config> load(const std::string& toml_text, const std::string& sourc
 
   const std::set<std::string> known_sections = {"server",    "storage",     "limits",   "logging", "backends",
                                                 "templates", "rate_limits", "security", "budgets", "costs",
-                                                "api_keys",  "default_backend"};
+                                                "api_keys",  "default_backend", "redis"};
   for (const auto& [key, node] : root) {
     if (!known_sections.count(std::string(key.str()))) errors.push_back(std::string(key.str()) + ": unknown key");
   }
@@ -752,7 +836,10 @@ core::Result<Config> load(const std::string& toml_text, const std::string& sourc
     reader.finish();
   };
   read_section("server", [&](TableReader& r) { read_server(r, config.server); });
-  read_section("storage", [&](TableReader& r) { read_storage(r, config.storage); });
+  read_section("storage", [&](TableReader& r) {
+    read_storage(r, config.storage, sub_table(root, "storage", errors), errors, env);
+  });
+  read_section("redis", [&](TableReader& r) { read_redis(r, config.redis, env); });
   read_section("limits", [&](TableReader& r) { read_limits(r, config.limits); });
   read_section("logging", [&](TableReader& r) { read_logging(r, config.logging); });
 

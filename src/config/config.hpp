@@ -38,11 +38,52 @@ struct ServerConfig {
   std::string public_base_url;
 };
 
+// An S3-compatible bucket (AWS S3, Cloudflare R2, MinIO, Google Cloud
+// Storage's XML API). There is no default endpoint: name the service's
+// address, e.g. "https://s3.eu-west-1.amazonaws.com".
+struct S3Config {
+  std::string endpoint;
+  std::string bucket;
+  std::string region = "us-east-1";  // AWS_REGION or AWS_DEFAULT_REGION when set
+  std::string addressing = "path";   // "path" (endpoint/bucket/key) or "virtual" (bucket.endpoint/key)
+  std::string prefix;                // prepended to every object name, e.g. "images/"
+  Secret access_key{"AWS_ACCESS_KEY_ID", {}};
+  Secret secret_key{"AWS_SECRET_ACCESS_KEY", {}};
+  Secret session_token{"AWS_SESSION_TOKEN", {}};
+  // Writes send If-None-Match: * so an existing object is never replaced
+  // (turn off for stores that reject the header).
+  bool create_only = true;
+  int connect_timeout_ms = 3'000;
+  int timeout_ms = 30'000;  // one request, the whole transfer
+  int max_attempts = 4;     // tries per operation on 5xx, throttling and transport errors
+};
+
 struct StorageConfig {
-  std::string kind = "disk";
+  std::string kind = "disk";  // "disk" or "s3"
+  // Disk: where images live. Every kind: the default folder of the budget ledger.
   std::string path = "./data";
   std::int64_t hot_cache_bytes = 256LL * 1024 * 1024;
   std::int64_t hot_cache_max_object_bytes = 8LL * 1024 * 1024;
+  S3Config s3;
+  // How image bytes reach clients: "proxy" (pixelgate sends them) or
+  // "redirect" (a 302 to redirect_base_url + "/" + object name, or, when that
+  // is empty and the store is S3, to a presigned GET URL).
+  std::string delivery = "proxy";
+  std::string redirect_base_url;
+  int presign_seconds = 3600;
+};
+
+// Shared state for several replicas. With an empty url everything stays in
+// process memory.
+struct RedisConfig {
+  std::string url;  // "redis://127.0.0.1:6379/0" or "unix:///run/redis/redis.sock"
+  Secret password;  // from password_env
+  std::string key_prefix = "pixelgate:";
+  int connect_timeout_ms = 500;
+  int command_timeout_ms = 500;
+  int pool_size = 8;              // connections kept open
+  int lease_ttl_ms = 15'000;      // a generation lease expires this long after its last renewal
+  int lease_poll_ms = 200;        // how often a waiting replica checks for the image
 };
 
 struct LimitsConfig {
@@ -188,6 +229,7 @@ struct TemplateConfig {
 struct Config {
   ServerConfig server;
   StorageConfig storage;
+  RedisConfig redis;
   LimitsConfig limits;
   LoggingConfig logging;
   RateLimitsConfig rate_limits;

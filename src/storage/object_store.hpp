@@ -1,7 +1,9 @@
-// Where images live. Implementations: DiskStore now; an S3-compatible store
-// can implement the same interface.
+// Where images live. Implementations: DiskStore (local folders) and S3Store
+// (any S3-compatible bucket).
 #pragma once
 
+#include <chrono>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -33,6 +35,27 @@ class ObjectStore {
   // Stores the object atomically: a reader sees all of it or nothing. An
   // existing object under the same key is replaced.
   virtual core::Status put(const std::string& key, std::string_view data, std::string_view metadata_json) = 0;
+
+  // Returns the metadata JSON stored with the image, without the bytes;
+  // nullopt when the object does not exist.
+  virtual core::Result<std::optional<std::string>> find_metadata(const std::string& key) = 0;
+
+  // Removes the image and its metadata. Removing a missing object succeeds.
+  virtual core::Status remove(const std::string& key) = 0;
+
+  // Calls `visit` with every stored key, in no particular order, until it
+  // returns false.
+  virtual core::Status list(const std::function<bool(const std::string& key)>& visit) = 0;
+
+  // The object's name inside the store (for S3, with the configured
+  // prefix), which a CDN in front of the bucket serves the image under.
+  virtual std::string object_name(const std::string& key) const { return key; }
+
+  // A URL that lets anyone GET the image straight from the store until it
+  // expires; nullopt for stores that cannot make one (disk).
+  virtual std::optional<std::string> presigned_url(const std::string& key, std::chrono::seconds expires) {
+    return std::nullopt;
+  }
 
   // Returns an error when the store cannot take writes now (for /readyz).
   virtual core::Status check_writable() = 0;

@@ -1,5 +1,5 @@
 // Tests of the fake fal queue, and of its protocol against the official `@fal-ai/client` npm
-// client (skipped when tests/blackbox/node_modules lacks it).
+// client (skipped when tests/node_modules lacks it).
 
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
@@ -8,7 +8,7 @@ import { after, before, beforeEach, test } from 'node:test';
 import { startFakeServer } from './fal-fake.mjs';
 
 const KEY = 'fal-test-fake';
-const CLIENT = new URL('../blackbox/node_modules/@fal-ai/client/src/index.js', import.meta.url);
+const CLIENT = new URL('../node_modules/@fal-ai/client/src/index.js', import.meta.url);
 let fake;
 
 before(async () => {

@@ -1,5 +1,5 @@
 // Tests of the fake Replicate server, and of its protocol against the official `replicate` npm
-// client (skipped when tests/blackbox/node_modules lacks it).
+// client (skipped when tests/node_modules lacks it).
 
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
@@ -8,7 +8,7 @@ import { after, before, beforeEach, test } from 'node:test';
 import { startFakeServer } from './replicate-fake.mjs';
 
 const KEY = 'r8_test_fake';
-const CLIENT = new URL('../blackbox/node_modules/replicate/index.js', import.meta.url);
+const CLIENT = new URL('../node_modules/replicate/index.js', import.meta.url);
 let fake;
 
 before(async () => {
