@@ -72,6 +72,33 @@ std::string_view extension_for(const std::string& content_type) {
   return "";
 }
 
+// Percent-encodes an object name for a URL path, keeping its slashes.
+std::string encode_path(std::string_view name) {
+  std::string out;
+  std::size_t start = 0;
+  while (true) {
+    const std::size_t slash = name.find('/', start);
+    out += core::percent_encode(name.substr(start, slash - start));
+    if (slash == std::string_view::npos) break;
+    out += '/';
+    start = slash + 1;
+  }
+  return out;
+}
+
+// Tags for CDNs that purge by tag (Fastly's Surrogate-Key, Varnish xkey):
+// "key:<image key>" and, for template responses, "template:<name>", which
+// `pixelgate cache purge` prints. Names with other characters get no tag.
+std::string surrogate_keys(const std::string& key, const std::string& template_name) {
+  std::string out = "key:" + key;
+  bool safe = !template_name.empty() && template_name.size() <= 100;
+  for (char c : template_name) {
+    safe = safe && (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.');
+  }
+  if (safe) out += " template:" + template_name;
+  return out;
+}
+
 }  // namespace
 
 App::App(AppContext context) : context_(context) {}
@@ -181,22 +208,29 @@ void App::handle_image(const http::Request& request, http::Responder responder, 
     http::Response response;
     response.status = 304;
     response.set_header("ETag", delivery::etag_for_key(key));
-    response.set_header("Cache-Control", "public, max-age=31536000, immutable");
+    response.set_header("Cache-Control", request.header("Authorization").value_or("").empty()
+                                             ? "public, max-age=31536000, immutable"
+                                             : "private, max-age=31536000, immutable");
     response.set_header("X-Pixelgate-Cache", "hit");
     return responder.send(std::move(response));
   }
 
   context_.images.fetch_or_generate(
       *resolved, request.request_id, admitted->caller,
-      [responder, policy, if_none_match, placeholder, resolve_ms, started, key](core::Result<generation::ImageOutcome> outcome) {
+      [this, responder, policy, if_none_match, placeholder, resolve_ms, started, key,
+       template_tag = resolved->spec.template_name,
+       private_response = !request.header("Authorization").value_or("").empty()](core::Result<generation::ImageOutcome> outcome) {
         if (!outcome) return responder.send(error_response(outcome.error()));
         // A fallback's image is not the one this URL names, so no cache may
         // keep it as the response. The next request tries the primary again.
         const bool fallback = !outcome->fallback_backend.empty();
         const auto effective_policy = fallback ? delivery::CachePolicy::NoStore : policy;
-        auto response = to_http(delivery::build_image_response(*outcome->image, effective_policy, if_none_match));
+        auto redirect = redirect_to(*outcome->image, effective_policy);
+        auto response = redirect ? std::move(*redirect)
+                                 : to_http(delivery::build_image_response(*outcome->image, effective_policy, if_none_match));
         response.set_header("X-Pixelgate-Cache", std::string(generation::to_string(outcome->state)));
         response.set_header("X-Pixelgate-Key", outcome->image->key);
+        response.set_header("Surrogate-Key", surrogate_keys(outcome->image->key, template_tag));
         if (fallback) response.set_header("X-Pixelgate-Fallback", outcome->fallback_backend);
         response.set_header("Server-Timing", server_timing(resolve_ms, outcome->timings, elapsed_ms(started)));
         if (outcome->state == generation::CacheState::Miss) {
@@ -205,6 +239,15 @@ void App::handle_image(const http::Request& request, http::Responder responder, 
           response.set_header("X-Pixelgate-Cost-USD", cost);
         }
         if (placeholder) response.set_header("X-Pixelgate-Warning", "placeholder image, not AI-generated");
+        // A shared cache must not hand a response that needed an API key to
+        // callers without one; the browser may still keep it.
+        if (private_response) {
+          for (auto& header : response.headers) {
+            if (header.name == "Cache-Control" && header.value.rfind("public", 0) == 0) {
+              header.value.replace(0, 6, "private");
+            }
+          }
+        }
         responder.send(std::move(response));
       });
 }
@@ -221,21 +264,55 @@ void App::handle_stored_image(const http::Request& request, http::Responder resp
     return responder.send(error_response(core::Error::not_found("no image is stored under \"" + std::string(name) + "\"")));
   }
   const std::string if_none_match(request.header("If-None-Match").value_or(""));
-  context_.images.fetch_stored(key, [responder, if_none_match](core::Result<generation::ImageOutcome> outcome) {
+  context_.images.fetch_stored(key, [this, responder, if_none_match](core::Result<generation::ImageOutcome> outcome) {
     if (!outcome) return responder.send(error_response(outcome.error()));
-    auto response =
-        to_http(delivery::build_image_response(*outcome->image, delivery::CachePolicy::Immutable, if_none_match));
+    auto redirect = redirect_to(*outcome->image, delivery::CachePolicy::Immutable);
+    auto response = redirect ? std::move(*redirect)
+                             : to_http(delivery::build_image_response(*outcome->image,
+                                                                      delivery::CachePolicy::Immutable, if_none_match));
     response.set_header("X-Pixelgate-Cache", "hit");
+    response.set_header("Surrogate-Key", surrogate_keys(outcome->image->key, {}));
     responder.send(std::move(response));
   });
+}
+
+std::optional<http::Response> App::redirect_to(const storage::CachedImage& image,
+                                               delivery::CachePolicy policy) const {
+  const auto& storage = context_.config.storage;
+  if (storage.delivery != "redirect") return std::nullopt;
+  http::Response response;
+  response.status = 302;
+  if (!storage.redirect_base_url.empty()) {
+    // A CDN or public bucket serves the object under its store name forever.
+    std::string name = context_.store.object_name(image.key);
+    response.set_header("Location", storage.redirect_base_url + "/" + encode_path(name));
+    response.set_header("Cache-Control", policy == delivery::CachePolicy::Immutable
+                                             ? "public, max-age=31536000, immutable"
+                                             : "no-store");
+  } else {
+    const auto expires = std::chrono::seconds(storage.presign_seconds);
+    auto url = context_.store.presigned_url(image.key, expires);
+    if (!url) return std::nullopt;
+    response.set_header("Location", *url);
+    // A cached redirect must not outlive the URL it points at.
+    response.set_header("Cache-Control", policy == delivery::CachePolicy::Immutable
+                                             ? "public, max-age=" + std::to_string(storage.presign_seconds / 2)
+                                             : "no-store");
+  }
+  return response;
 }
 
 void App::handle_ready(http::Responder responder) {
   auto& store = context_.store;
   const std::size_t backend_count = context_.backends.size();
-  const bool submitted = context_.workers.try_submit([&store, backend_count, responder] {
+  const auto shared_state = context_.check_shared_state;
+  const bool submitted = context_.workers.try_submit([&store, backend_count, shared_state, responder] {
     auto writable = store.check_writable();
     nlohmann::json body = {{"storage", store.describe()}, {"backends", backend_count}};
+    if (writable && shared_state) {
+      writable = shared_state();
+      body["shared_state"] = writable ? "ok" : "unreachable";
+    }
     if (!writable) {
       spdlog::warn("readyz: not ready: {}", writable.error().message);
       body["status"] = "not ready";

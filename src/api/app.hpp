@@ -1,11 +1,13 @@
 // The HTTP endpoints: the only module that defines URLs and JSON shapes.
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include "admission/gate.hpp"
 #include "config/config.hpp"
 #include "core/worker_pool.hpp"
+#include "delivery/image_response.hpp"
 #include "generation/image_service.hpp"
 #include "generation/resolution_cache.hpp"
 #include "generation/resolver.hpp"
@@ -23,6 +25,8 @@ struct AppContext {
   core::WorkerPool& workers;
   admission::Gate& gate;
   generation::ResolutionCache& resolutions;
+  // Checks shared state (Redis) for /readyz; empty when there is none.
+  std::function<core::Status()> check_shared_state;
 };
 
 // Thread-safety: handle() runs concurrently on every event-loop thread; the
@@ -39,6 +43,10 @@ class App {
   void handle_stored_image(const http::Request& request, http::Responder responder, std::string_view name);
   void handle_openai_generations(const http::Request& request, http::Responder responder);
   void handle_ready(http::Responder responder);
+
+  // In delivery mode "redirect", returns the 302 to the image's public or
+  // presigned URL; nullopt in mode "proxy" or when no URL can be made.
+  std::optional<http::Response> redirect_to(const storage::CachedImage& image, delivery::CachePolicy policy) const;
 
   // Runs admission for a request; on rejection sends the error and returns
   // nullopt.

@@ -20,7 +20,10 @@
 #include "admission/url_signing.hpp"
 #include "api/app.hpp"
 #include "api/image_query.hpp"
+#include "backends/http_client.hpp"
 #include "cli/runtime.hpp"
+#include "imaging/image.hpp"
+#include "storage/object_store.hpp"
 #include "http/server.hpp"
 #include "observability/logging.hpp"
 
@@ -44,6 +47,8 @@ Usage:
       Print a new API key and the configuration lines that accept it.
   pixelgate costs [--by key|backend|day] [--config FILE]
       Print the money spent, from the budget ledger.
+  pixelgate cache purge (--key KEY | --template NAME [--version V]) [--dry-run yes] [--config FILE]
+      Remove images from the store and print what to purge at the CDN.
   pixelgate templates list [--config FILE]
   pixelgate templates show NAME [--config FILE]
   pixelgate templates render NAME --prompt TEXT [--var NAME=VALUE]... [--size WxH] [--seed N]
@@ -389,6 +394,137 @@ int run_costs(const Arguments& args) {
   return 0;
 }
 
+bool is_tag_safe(const std::string& text) {
+  if (text.empty() || text.size() > 100) return false;
+  for (char c : text) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') return false;
+  }
+  return true;
+}
+
+int run_cache_purge(const Arguments& args) {
+  auto config = cli::load_config(config_path(args));
+  if (!config) {
+    std::fprintf(stderr, "pixelgate: %s\n", config.error().message.c_str());
+    return kExitUsage;
+  }
+  observability::setup_logging("warn", "text");
+  const auto option = [&args](const std::string& name) -> std::optional<std::string> {
+    auto it = args.options.find(name);
+    if (it == args.options.end()) return std::nullopt;
+    return it->second;
+  };
+  const auto key = option("--key");
+  const auto template_name = option("--template");
+  const auto version = option("--version");
+  const auto dry_run = option("--dry-run");
+  if (key.has_value() == template_name.has_value() || (version && !template_name)) {
+    std::fprintf(stderr, "pixelgate cache purge: give either --key KEY or --template NAME [--version V]\n");
+    return kExitUsage;
+  }
+  if (dry_run && *dry_run != "yes" && *dry_run != "no") {
+    std::fprintf(stderr, "pixelgate cache purge: --dry-run takes yes or no\n");
+    return kExitUsage;
+  }
+  if (key && !storage::is_valid_key(*key)) {
+    std::fprintf(stderr, "pixelgate cache purge: \"%s\" is not an image key (64 hex digits)\n", key->c_str());
+    return kExitUsage;
+  }
+  if (auto status = imaging::initialize(); !status) {
+    std::fprintf(stderr, "pixelgate cache purge: %s\n", status.error().message.c_str());
+    return kExitFailure;
+  }
+  backends::initialize_http_client();
+  auto store = cli::open_store(*config);
+  if (!store) {
+    std::fprintf(stderr, "pixelgate cache purge: %s\n", store.error().message.c_str());
+    return kExitFailure;
+  }
+
+  // Which keys: the one given, or every stored image of the template.
+  std::vector<std::pair<std::string, std::string>> matches;  // key, content type
+  auto describe = [&](const std::string& candidate) -> core::Result<bool> {
+    auto metadata = (*store)->find_metadata(candidate);
+    if (!metadata) return std::move(metadata).error();
+    if (!*metadata) return false;
+    const auto json = nlohmann::json::parse(**metadata, nullptr, false);
+    const auto spec = json.is_object() ? json.value("spec", nlohmann::json::object()) : nlohmann::json::object();
+    if (template_name) {
+      if (!spec.is_object() || spec.value("template", "") != *template_name) return false;
+      if (version && spec.value("template_version", "") != *version) return false;
+    }
+    matches.emplace_back(candidate, json.is_object() ? json.value("content_type", "") : "");
+    return true;
+  };
+  std::optional<core::Error> failure;
+  if (key) {
+    auto found = describe(*key);
+    if (!found) failure = found.error();
+    if (found && !*found) {
+      std::printf("no image is stored under %s\n", key->c_str());
+      return 0;
+    }
+  } else {
+    std::vector<std::string> keys;
+    auto listed = (*store)->list([&keys](const std::string& candidate) {
+      if (candidate.size() == 64) keys.push_back(candidate);  // variants go with their master
+      return true;
+    });
+    if (!listed) failure = listed.error();
+    for (std::size_t i = 0; !failure && i < keys.size(); ++i) {
+      auto found = describe(keys[i]);
+      if (!found) failure = found.error();
+    }
+  }
+  if (failure) {
+    std::fprintf(stderr, "pixelgate cache purge: reading %s failed: %s\n", (*store)->describe().c_str(),
+                 failure->message.c_str());
+    return kExitFailure;
+  }
+
+  const bool removing = !dry_run || *dry_run == "no";
+  std::size_t removed = 0;
+  for (const auto& [image_key, content_type] : matches) {
+    if (!removing) continue;
+    if (auto status = (*store)->remove(image_key); !status) {
+      std::fprintf(stderr, "pixelgate cache purge: removing %s failed: %s\n", image_key.c_str(),
+                   status.error().message.c_str());
+      return kExitFailure;
+    }
+    ++removed;
+  }
+  if (removing) {
+    std::printf("removed %zu image(s) from %s\n", removed, (*store)->describe().c_str());
+  } else {
+    std::printf("would remove %zu image(s) from %s (dry run)\n", matches.size(), (*store)->describe().c_str());
+  }
+  if (matches.empty()) return 0;
+
+  const auto& server = config->server;
+  const std::string base = server.public_base_url.empty()
+                               ? "http://" + server.host + ":" + std::to_string(server.port)
+                               : server.public_base_url;
+  std::printf("\npurge these URLs at your CDN:\n");
+  for (const auto& [image_key, content_type] : matches) {
+    std::string extension = content_type == "image/png"    ? ".png"
+                            : content_type == "image/jpeg" ? ".jpg"
+                            : content_type == "image/webp" ? ".webp"
+                                                           : "";
+    std::printf("  %s/images/%s%s\n", base.c_str(), image_key.c_str(), extension.c_str());
+    if (!config->storage.redirect_base_url.empty()) {
+      std::printf("  %s/%s\n", config->storage.redirect_base_url.c_str(), (*store)->object_name(image_key).c_str());
+    }
+  }
+  std::printf("\nprompt URLs (/generate-image, /v1/images/...) are cached under their own URLs; purge them by "
+              "surrogate key:\n");
+  if (template_name && is_tag_safe(*template_name)) {
+    std::printf("  template:%s\n", template_name->c_str());
+  } else {
+    for (const auto& [image_key, content_type] : matches) std::printf("  key:%s\n", image_key.c_str());
+  }
+  return 0;
+}
+
 nlohmann::json template_json(const config::TemplateConfig& tmpl) {
   nlohmann::json sizes = nlohmann::json::array();
   for (const auto& [w, h] : tmpl.sizes) sizes.push_back(std::to_string(w) + "x" + std::to_string(h));
@@ -557,6 +693,7 @@ int main(int argc, char** argv) {
   if (command == "sign") known.insert({"--expires", "--key"});
   if (command == "keys") known.insert("--name");
   if (command == "costs") known.insert("--by");
+  if (command == "cache") known.insert({"--key", "--template", "--version", "--dry-run"});
   if (command == "templates") known.insert({"--prompt", "--size", "--seed"});
   if (auto error = parse_arguments(argc, argv, 2, known, args)) {
     std::fprintf(stderr, "pixelgate %s: %s\n", command.c_str(), error->c_str());
@@ -570,6 +707,7 @@ int main(int argc, char** argv) {
     if (command == "sign") return run_sign(args);
     if (command == "keys" && args.positional.size() == 1 && args.positional[0] == "new") return run_keys_new(args);
     if (command == "costs") return run_costs(args);
+    if (command == "cache" && args.positional.size() == 1 && args.positional[0] == "purge") return run_cache_purge(args);
     if (command == "templates") return run_templates(args, variables);
   } catch (const std::exception& error) {
     std::fprintf(stderr, "pixelgate %s: unexpected error: %s\n", command.c_str(), error.what());

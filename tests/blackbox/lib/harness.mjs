@@ -16,7 +16,7 @@ import * as zlib from 'node:zlib';
 const HERE = dirname(fileURLToPath(import.meta.url));
 export const REPO_ROOT = resolve(HERE, '..', '..', '..');
 export const FAKE_PATH = join(REPO_ROOT, 'tests', 'fakes', 'openai-fake.mjs');
-export const OPENAI_CLIENT_PATH = join(REPO_ROOT, 'tests', 'blackbox', 'node_modules', 'openai', 'index.mjs');
+export const OPENAI_CLIENT_PATH = join(REPO_ROOT, 'tests', 'node_modules', 'openai', 'index.mjs');
 
 const binSetting = process.env.PIXELGATE_BIN ?? 'build/pixelgate';
 export const PIXELGATE_BIN = isAbsolute(binSetting) ? binSetting : resolve(REPO_ROOT, binSetting);
