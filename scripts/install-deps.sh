@@ -13,10 +13,10 @@ if [[ "$(id -u)" != 0 ]]; then sudo_cmd=(sudo); fi
 packages=(
   build-essential cmake ninja-build pkg-config
   libboost-dev libcurl4-openssl-dev libssl-dev nlohmann-json3-dev
-  libtomlplusplus-dev libspdlog-dev libsqlite3-dev libvips-dev fonts-dejavu-core
+  libtomlplusplus-dev libspdlog-dev libsqlite3-dev libvips-dev libhiredis-dev fonts-dejavu-core
 )
 if [[ $with_tests == 1 ]]; then
-  packages+=(libgtest-dev libgmock-dev curl)
+  packages+=(libgtest-dev libgmock-dev curl redis-server varnish)
   # Node.js 18 or newer runs the black-box suite; keep an existing install.
   command -v node >/dev/null || packages+=(nodejs npm)
 fi
