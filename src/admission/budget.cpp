@@ -7,6 +7,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "admission/spend_counters.hpp"
+
 namespace pixelgate::admission {
 namespace {
 
@@ -70,6 +72,22 @@ std::string money(double usd) {
 
 }  // namespace
 
+core::Error spend_limit_error(SpendLimitKind kind, double limit_usd, const std::string& day, const std::string& month,
+                              std::int64_t now_unix) {
+  const bool daily = kind == SpendLimitKind::GlobalDaily || kind == SpendLimitKind::CallerDaily;
+  std::string what;
+  switch (kind) {
+    case SpendLimitKind::GlobalDaily: what = "the global daily"; break;
+    case SpendLimitKind::GlobalMonthly: what = "the global monthly"; break;
+    case SpendLimitKind::CallerDaily: what = "this caller's daily"; break;
+    case SpendLimitKind::CallerMonthly: what = "this caller's monthly"; break;
+  }
+  const std::string until = "the end of " + (daily ? day : month) + " UTC";
+  return core::Error{core::ErrorCode::BudgetExhausted,
+                     what + " spend budget of " + money(limit_usd) + " is used up until " + until, {},
+                     seconds_until_period_end(now_unix, daily)};
+}
+
 std::string utc_day(std::int64_t unix_seconds) { return format_period(unix_seconds, "%Y-%m-%d"); }
 std::string utc_month(std::int64_t unix_seconds) { return format_period(unix_seconds, "%Y-%m"); }
 
@@ -123,36 +141,33 @@ void BudgetLedger::add(const std::string& principal, const std::string& day, con
   totals_["*|" + month] += amount;
 }
 
-core::Result<std::int64_t> BudgetLedger::reserve(const std::string& principal, const std::string& backend,
-                                                 const std::string& model, const std::string& image_key,
-                                                 double amount_usd, const SpendLimits& principal_limits,
-                                                 const SpendLimits& global_limits) {
-  const std::int64_t now = clock_.unix_seconds();
-  const std::string day = utc_day(now);
-  const std::string month = utc_month(now);
-
-  std::lock_guard lock(mutex_);
+std::optional<core::Error> BudgetLedger::check_local_limits(const std::string& principal, const std::string& day,
+                                                          const std::string& month, std::int64_t now,
+                                                          double amount_usd, const SpendLimits& principal_limits,
+                                                          const SpendLimits& global_limits) {
   auto over = [&](const std::string& who, const std::string& period, double limit) {
     if (limit <= 0) return false;
     return totals_[who + "|" + period] + amount_usd > limit + 1e-9;
   };
-  auto exhausted = [&](const std::string& what, double limit, bool daily) {
-    const std::string until = daily ? "the end of " + day + " UTC" : "the end of " + month + " UTC";
-    return core::Error{core::ErrorCode::BudgetExhausted,
-                       what + " spend budget of " + money(limit) + " is used up until " + until, {},
-                       seconds_until_period_end(now, daily)};
-  };
-  if (over("*", day, global_limits.daily_usd)) return exhausted("the global daily", global_limits.daily_usd, true);
+  if (over("*", day, global_limits.daily_usd)) {
+    return spend_limit_error(SpendLimitKind::GlobalDaily, global_limits.daily_usd, day, month, now);
+  }
   if (over("*", month, global_limits.monthly_usd)) {
-    return exhausted("the global monthly", global_limits.monthly_usd, false);
+    return spend_limit_error(SpendLimitKind::GlobalMonthly, global_limits.monthly_usd, day, month, now);
   }
   if (over(principal, day, principal_limits.daily_usd)) {
-    return exhausted("this caller's daily", principal_limits.daily_usd, true);
+    return spend_limit_error(SpendLimitKind::CallerDaily, principal_limits.daily_usd, day, month, now);
   }
   if (over(principal, month, principal_limits.monthly_usd)) {
-    return exhausted("this caller's monthly", principal_limits.monthly_usd, false);
+    return spend_limit_error(SpendLimitKind::CallerMonthly, principal_limits.monthly_usd, day, month, now);
   }
+  return std::nullopt;
+}
 
+core::Result<std::int64_t> BudgetLedger::insert_reservation(const std::string& principal, const std::string& backend,
+                                                            const std::string& model, const std::string& image_key,
+                                                            double amount_usd, std::int64_t now,
+                                                            const std::string& day, const std::string& month) {
   Statement insert(db_,
                    "INSERT INTO ledger (created_unix, day, month, principal, backend, model, image_key, amount_usd, "
                    "state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'reserved')");
@@ -176,45 +191,102 @@ core::Result<std::int64_t> BudgetLedger::reserve(const std::string& principal, c
   return id;
 }
 
-void BudgetLedger::settle(std::int64_t reservation, double actual_usd) {
-  std::lock_guard lock(mutex_);
-  auto it = open_reservations_.find(reservation);
-  if (it == open_reservations_.end()) return;
-  add(it->second.principal, it->second.day, it->second.month, actual_usd - it->second.amount);
-  open_reservations_.erase(it);
+core::Result<std::int64_t> BudgetLedger::reserve(const std::string& principal, const std::string& backend,
+                                                 const std::string& model, const std::string& image_key,
+                                                 double amount_usd, const SpendLimits& principal_limits,
+                                                 const SpendLimits& global_limits) {
+  const std::int64_t now = clock_.unix_seconds();
+  const std::string day = utc_day(now);
+  const std::string month = utc_month(now);
 
-  Statement update(db_, "UPDATE ledger SET state = 'settled', amount_usd = ? WHERE id = ?");
-  sqlite3_bind_double(update.handle, 1, actual_usd);
-  sqlite3_bind_int64(update.handle, 2, reservation);
-  if (!update.ok() || sqlite3_step(update.handle) != SQLITE_DONE) {
-    spdlog::error("budget: settling reservation {} failed: {}", reservation, sqlite3_errmsg(db_));
+  if (shared_ == nullptr) {
+    std::lock_guard lock(mutex_);
+    if (auto error = check_local_limits(principal, day, month, now, amount_usd, principal_limits, global_limits)) {
+      return *std::move(error);
+    }
+    return insert_reservation(principal, backend, model, image_key, amount_usd, now, day, month);
   }
+
+  // The shared counters check the limits and add the amount in one step for
+  // all replicas, so this replica's totals are not consulted. The network
+  // call runs outside the mutex, so one slow call does not hold up others.
+  auto shared = shared_->reserve(principal, day, month, amount_usd, principal_limits, global_limits);
+  if (!shared && shared.error().code != core::ErrorCode::BudgetExhausted) {
+    // Failing closed. The counters have logged the cause, which names the
+    // Redis address, so the client gets a message without it.
+    return core::Error::unavailable("the shared spend budget (Redis) cannot be checked; retry shortly",
+                                    std::max(1, shared.error().retry_after_seconds));
+  }
+  if (!shared) return std::move(shared).error();
+  core::Result<std::int64_t> id = [&] {
+    std::lock_guard lock(mutex_);
+    return insert_reservation(principal, backend, model, image_key, amount_usd, now, day, month);
+  }();
+  if (!id) shared_->adjust(principal, day, month, -amount_usd);
+  return id;
+}
+
+void BudgetLedger::settle(std::int64_t reservation, double actual_usd) {
+  Reservation settled;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = open_reservations_.find(reservation);
+    if (it == open_reservations_.end()) return;
+    settled = it->second;
+    add(settled.principal, settled.day, settled.month, actual_usd - settled.amount);
+    open_reservations_.erase(it);
+
+    Statement update(db_, "UPDATE ledger SET state = 'settled', amount_usd = ? WHERE id = ?");
+    sqlite3_bind_double(update.handle, 1, actual_usd);
+    sqlite3_bind_int64(update.handle, 2, reservation);
+    if (!update.ok() || sqlite3_step(update.handle) != SQLITE_DONE) {
+      spdlog::error("budget: settling reservation {} failed: {}", reservation, sqlite3_errmsg(db_));
+    }
+  }
+  const double delta = actual_usd - settled.amount;
+  if (shared_ != nullptr && delta != 0) shared_->adjust(settled.principal, settled.day, settled.month, delta);
 }
 
 void BudgetLedger::refund(std::int64_t reservation) {
-  std::lock_guard lock(mutex_);
-  auto it = open_reservations_.find(reservation);
-  if (it == open_reservations_.end()) return;
-  add(it->second.principal, it->second.day, it->second.month, -it->second.amount);
-  open_reservations_.erase(it);
+  Reservation refunded;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = open_reservations_.find(reservation);
+    if (it == open_reservations_.end()) return;
+    refunded = it->second;
+    add(refunded.principal, refunded.day, refunded.month, -refunded.amount);
+    open_reservations_.erase(it);
 
-  Statement update(db_, "UPDATE ledger SET state = 'refunded' WHERE id = ?");
-  sqlite3_bind_int64(update.handle, 1, reservation);
-  if (!update.ok() || sqlite3_step(update.handle) != SQLITE_DONE) {
-    spdlog::error("budget: refunding reservation {} failed: {}", reservation, sqlite3_errmsg(db_));
+    Statement update(db_, "UPDATE ledger SET state = 'refunded' WHERE id = ?");
+    sqlite3_bind_int64(update.handle, 1, reservation);
+    if (!update.ok() || sqlite3_step(update.handle) != SQLITE_DONE) {
+      spdlog::error("budget: refunding reservation {} failed: {}", reservation, sqlite3_errmsg(db_));
+    }
+  }
+  if (shared_ != nullptr && refunded.amount != 0) {
+    shared_->adjust(refunded.principal, refunded.day, refunded.month, -refunded.amount);
   }
 }
 
-double BudgetLedger::spent_today(const std::string& principal) const {
+double BudgetLedger::spent_in(const std::string& principal, const std::string& period) const {
+  const std::string who = principal.empty() ? "*" : principal;
+  if (shared_ != nullptr) {
+    auto spent = shared_->spent(who, period);
+    if (spent) return *spent;
+    spdlog::warn("budget: reading the shared total of {} for {} failed, so this replica's total is shown: {}", who,
+                 period, spent.error().message);
+  }
   std::lock_guard lock(mutex_);
-  auto it = totals_.find((principal.empty() ? "*" : principal) + "|" + utc_day(clock_.unix_seconds()));
+  auto it = totals_.find(who + "|" + period);
   return it == totals_.end() ? 0.0 : it->second;
 }
 
+double BudgetLedger::spent_today(const std::string& principal) const {
+  return spent_in(principal, utc_day(clock_.unix_seconds()));
+}
+
 double BudgetLedger::spent_this_month(const std::string& principal) const {
-  std::lock_guard lock(mutex_);
-  auto it = totals_.find((principal.empty() ? "*" : principal) + "|" + utc_month(clock_.unix_seconds()));
-  return it == totals_.end() ? 0.0 : it->second;
+  return spent_in(principal, utc_month(clock_.unix_seconds()));
 }
 
 core::Result<std::vector<SpendLine>> BudgetLedger::report(const std::string& by) const {

@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,19 @@ struct SpendLimits {
   double monthly_usd = 0;
 };
 
+// The four limits a reservation is checked against, in the order checked.
+enum class SpendLimitKind { GlobalDaily, GlobalMonthly, CallerDaily, CallerMonthly };
+
+// Builds the BudgetExhausted error for a reservation that would pass `kind`:
+// the limit, its amount and the UTC period it lasts until, with Retry-After
+// set to the seconds from `now_unix` to the end of that period. `day` is
+// "YYYY-MM-DD" and `month` "YYYY-MM". Shared by BudgetLedger and the Redis
+// spend counters, so both reject with the same message.
+core::Error spend_limit_error(SpendLimitKind kind, double limit_usd, const std::string& day, const std::string& month,
+                              std::int64_t now_unix);
+
+class SpendCounters;
+
 struct SpendLine {
   std::string group;  // the key, backend or day the line sums up
   int images = 0;
@@ -37,9 +51,17 @@ class BudgetLedger {
   static core::Result<std::unique_ptr<BudgetLedger>> open(const std::string& path, const core::Clock& clock);
   ~BudgetLedger();
 
-  // Reserves `amount_usd` for `principal`. Fails with ResourceExhausted,
+  // Makes `counters` (shared by several replicas, e.g. in Redis) the place
+  // where limits are checked and totals are read; the SQLite rows are still
+  // written for reports. Call before the ledger is used by other threads;
+  // `counters` must outlive the ledger.
+  void set_shared_counters(SpendCounters* counters) noexcept { shared_ = counters; }
+
+  // Reserves `amount_usd` for `principal`. Fails with BudgetExhausted,
   // naming the limit, when the principal's or the global daily or monthly
-  // total would pass its limit. Returns the reservation id.
+  // total would pass its limit, and with Unavailable when the shared
+  // counters cannot be reached (spending fails closed). Returns the
+  // reservation id.
   core::Result<std::int64_t> reserve(const std::string& principal, const std::string& backend,
                                      const std::string& model, const std::string& image_key, double amount_usd,
                                      const SpendLimits& principal_limits, const SpendLimits& global_limits);
@@ -51,7 +73,9 @@ class BudgetLedger {
   void refund(std::int64_t reservation);
 
   // Spent (settled plus reserved) today and this month (UTC); an empty
-  // principal means everyone.
+  // principal means everyone. With shared counters the totals of all
+  // replicas; when those cannot be read, this replica's own totals, with a
+  // warning in the log.
   double spent_today(const std::string& principal) const;
   double spent_this_month(const std::string& principal) const;
 
@@ -62,9 +86,19 @@ class BudgetLedger {
   BudgetLedger(sqlite3* db, const core::Clock& clock);
   core::Status load_totals();
   void add(const std::string& principal, const std::string& day, const std::string& month, double amount);
+  std::optional<core::Error> check_local_limits(const std::string& principal, const std::string& day,
+                                                const std::string& month, std::int64_t now, double amount_usd,
+                                                const SpendLimits& principal_limits,
+                                                const SpendLimits& global_limits);
+  core::Result<std::int64_t> insert_reservation(const std::string& principal, const std::string& backend,
+                                                const std::string& model, const std::string& image_key,
+                                                double amount_usd, std::int64_t now, const std::string& day,
+                                                const std::string& month);
+  double spent_in(const std::string& principal, const std::string& period) const;
 
   sqlite3* db_;
   const core::Clock& clock_;
+  SpendCounters* shared_ = nullptr;
   mutable std::mutex mutex_;
   // Totals keyed by "principal|period"; the principal "*" is the global total.
   std::map<std::string, double> totals_;

@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include "core/hash.hpp"
+#include "redis/log_throttle.hpp"
 
 namespace pixelgate::admission {
 namespace {
@@ -46,6 +47,11 @@ std::string_view bearer_token(std::string_view authorization) {
   while (!token.empty() && token.front() == ' ') token.remove_prefix(1);
   return token;
 }
+
+// One warning per minute at most for each path while a shared limiter's
+// store is down, so an outage does not write one line per request.
+redis::LogThrottle request_limit_unavailable_log{std::chrono::minutes(1)};
+redis::LogThrottle generation_limit_unavailable_log{std::chrono::minutes(1)};
 
 core::Error permission_denied(std::string message, std::string param = {}) {
   return {core::ErrorCode::PermissionDenied, std::move(message), std::move(param), 0};
@@ -180,6 +186,16 @@ Admission Gate::admit(const RequestInfo& request, RouteKind route) const {
   const std::string bucket =
       api_key ? "req|" + admission.caller.principal : "req|addr:" + admission.caller.client_address;
   const RateDecision decision = limiter_.consume(bucket, policy);
+  if (decision.unavailable) {
+    // Failing open: most requests are cache hits that cost nothing, and
+    // generations are still checked (and rejected) in acquire().
+    if (auto suppressed = request_limit_unavailable_log.allow()) {
+      spdlog::warn("admission: admitting {} ({}) without the request rate limit because the shared limiter is "
+                   "unavailable ({} more requests admitted the same way since the last warning)",
+                   admission.caller.principal, admission.caller.client_address, *suppressed);
+    }
+    return admission;
+  }
   // Image responses are cached by CDNs, so the live counters go only on JSON
   // responses and on rejections.
   if (route == RouteKind::JsonApi || !decision.allowed) add_rate_headers(admission, policy, decision);
@@ -220,6 +236,18 @@ core::Result<std::int64_t> Gate::acquire(const core::GenerationSpec& spec, const
   // Generation rate: misses cost money, so they have a stricter bucket.
   const RatePolicy policy = generation_policy(limits_for(caller.principal));
   const RateDecision decision = limiter_.consume("gen|" + owner, policy);
+  if (decision.unavailable) {
+    // Failing closed: without the shared bucket, replicas together could
+    // start any number of paid generations.
+    if (auto suppressed = generation_limit_unavailable_log.allow()) {
+      spdlog::warn("admission: rejecting image {} for {} because the shared generation rate limit is unavailable "
+                   "({} more images rejected the same way since the last warning)",
+                   key, owner, *suppressed);
+    }
+    return core::Error::unavailable("cannot start a new image because the shared state (Redis) is unreachable; "
+                                    "cached images are still served, retry shortly",
+                                    std::max(1, decision.retry_after_seconds));
+  }
   if (!decision.allowed) {
     spdlog::info("admission: generation rate limit reached for {} (image {})", owner, key);
     core::Error error{core::ErrorCode::ResourceExhausted,
