@@ -168,6 +168,58 @@ core::Status DiskStore::put(const std::string& key, std::string_view data, std::
   return core::Ok{};
 }
 
+core::Result<std::optional<std::string>> DiskStore::find_metadata(const std::string& key) {
+  if (!is_valid_key(key)) return core::Error::invalid("invalid object key \"" + key + "\"");
+  const fs::path path = object_path(key);
+  auto metadata = read_file(fs::path(path.string() + ".json"));
+  if (!metadata) return std::move(metadata).error();
+  if (metadata->has_value()) return metadata;
+
+  // An image stored without a sidecar still exists; its metadata is empty.
+  std::error_code ec;
+  if (fs::exists(path, ec)) return std::optional<std::string>("{}");
+  if (ec) return core::Error::internal("cannot check " + path.string() + ": " + ec.message());
+  return std::optional<std::string>{};
+}
+
+core::Status DiskStore::remove(const std::string& key) {
+  if (!is_valid_key(key)) return core::Error::invalid("invalid object key \"" + key + "\"");
+  const fs::path path = object_path(key);
+  // The image goes first: without it, a leftover sidecar is never read.
+  for (const fs::path& target : {path, fs::path(path.string() + ".json")}) {
+    std::error_code ec;
+    fs::remove(target, ec);
+    if (ec) {
+      spdlog::error("storage: removing {} failed: {}", target.string(), ec.message());
+      return core::Error::internal("cannot remove " + target.string() + ": " + ec.message());
+    }
+  }
+  fsync_directory(path.parent_path());
+  return core::Ok{};
+}
+
+core::Status DiskStore::list(const std::function<bool(const std::string& key)>& visit) {
+  std::error_code ec;
+  fs::recursive_directory_iterator it(root_ / "objects", fs::directory_options::skip_permission_denied, ec);
+  for (const fs::recursive_directory_iterator end; !ec && it != end; it.increment(ec)) {
+    if (!it->is_regular_file(ec)) continue;
+    const std::string name = it->path().filename().string();
+    if (!is_valid_key(name)) continue;
+    // The sidecar of a 64-hex key, "<key>.json", is itself a valid key with
+    // the variant "json", so it is recognized by the image next to it.
+    // NOTE: a variant named "json" would share its file with that sidecar.
+    if (name.size() == 64 + 5 && name.ends_with(".json") && fs::exists(it->path().parent_path() / name.substr(0, 64))) {
+      continue;
+    }
+    if (!visit(name)) return core::Ok{};
+  }
+  if (ec) {
+    spdlog::error("storage: listing {} failed: {}", (root_ / "objects").string(), ec.message());
+    return core::Error::internal("cannot list " + (root_ / "objects").string() + ": " + ec.message());
+  }
+  return core::Ok{};
+}
+
 core::Status DiskStore::check_writable() {
   const fs::path probe = root_ / "tmp" / ("readyz-" + unique_suffix());
   const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);

@@ -21,6 +21,10 @@ class DiskStore final : public ObjectStore {
 
   core::Result<std::optional<StoredObject>> find(const std::string& key) override;
   core::Status put(const std::string& key, std::string_view data, std::string_view metadata_json) override;
+  core::Result<std::optional<std::string>> find_metadata(const std::string& key) override;
+  core::Status remove(const std::string& key) override;
+  // Walks objects/ and visits the image files whose names are valid keys.
+  core::Status list(const std::function<bool(const std::string& key)>& visit) override;
   core::Status check_writable() override;
   std::string describe() const override;
 

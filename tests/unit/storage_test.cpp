@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -97,6 +98,70 @@ TEST_F(DiskStoreTest, RejectsInvalidKey) {
   auto store = open();
   EXPECT_FALSE(store->put("../escape", "x", "{}").ok());
   EXPECT_FALSE(store->find("../escape").ok());
+}
+
+TEST_F(DiskStoreTest, FindMetadataReadsSidecar) {
+  auto store = open();
+  const std::string metadata = metadata_for("bytes");
+  ASSERT_TRUE(store->put(kKey, "bytes", metadata).ok());
+  auto found = store->find_metadata(kKey);
+  ASSERT_TRUE(found.ok());
+  ASSERT_TRUE(found->has_value());
+  EXPECT_EQ(**found, metadata);
+}
+
+TEST_F(DiskStoreTest, FindMetadataOfMissingObject) {
+  auto store = open();
+  auto found = store->find_metadata(kKey);
+  ASSERT_TRUE(found.ok());
+  EXPECT_FALSE(found->has_value());
+}
+
+TEST_F(DiskStoreTest, RemoveDeletesImageAndSidecar) {
+  auto store = open();
+  ASSERT_TRUE(store->put(kKey, "bytes", metadata_for("bytes")).ok());
+  ASSERT_TRUE(store->remove(kKey).ok());
+  EXPECT_FALSE(fs::exists(store->object_path(kKey)));
+  EXPECT_FALSE(fs::exists(store->object_path(kKey).string() + ".json"));
+  auto found = store->find(kKey);
+  ASSERT_TRUE(found.ok());
+  EXPECT_FALSE(found->has_value());
+  EXPECT_TRUE(store->remove(kKey).ok());  // removing a missing object succeeds
+}
+
+TEST_F(DiskStoreTest, ListVisitsEveryStoredKey) {
+  auto store = open();
+  const std::string other = core::sha256_hex("other");
+  const std::set<std::string> stored = {kKey, kKey + ".w512-webp", other};
+  for (const auto& key : stored) ASSERT_TRUE(store->put(key, "bytes-" + key, metadata_for("bytes-" + key)).ok());
+  std::ofstream(root_ / "objects" / "stray.txt") << "not an image";
+
+  std::set<std::string> listed;
+  ASSERT_TRUE(store->list([&listed](const std::string& key) {
+                     listed.insert(key);
+                     return true;
+                   })
+                  .ok());
+  EXPECT_EQ(listed, stored);
+}
+
+TEST_F(DiskStoreTest, ListStopsWhenVisitReturnsFalse) {
+  auto store = open();
+  ASSERT_TRUE(store->put(kKey, "a", metadata_for("a")).ok());
+  ASSERT_TRUE(store->put(core::sha256_hex("other"), "b", metadata_for("b")).ok());
+  int visits = 0;
+  ASSERT_TRUE(store->list([&visits](const std::string&) {
+                     ++visits;
+                     return false;
+                   })
+                  .ok());
+  EXPECT_EQ(visits, 1);
+}
+
+TEST_F(DiskStoreTest, NewMembersRejectInvalidKey) {
+  auto store = open();
+  EXPECT_FALSE(store->find_metadata("../escape").ok());
+  EXPECT_FALSE(store->remove("../escape").ok());
 }
 
 TEST_F(DiskStoreTest, ReportsWritable) {
