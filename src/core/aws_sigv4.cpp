@@ -49,6 +49,21 @@ std::string canonical_header_value(std::string_view value) {
   return out;
 }
 
+// Builds the canonical query: each name and value encoded, then sorted by
+// name and then by value, byte by byte.
+std::string canonical_query(const HttpHeaderList& parameters) {
+  std::vector<std::pair<std::string, std::string>> query;
+  query.reserve(parameters.size());
+  for (const auto& [name, value] : parameters) query.emplace_back(aws_uri_encode(name, false), aws_uri_encode(value, false));
+  std::sort(query.begin(), query.end());
+  std::string out;
+  for (const auto& [name, value] : query) {
+    if (!out.empty()) out += '&';
+    out += name + "=" + value;
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string aws_uri_encode(std::string_view text, bool keep_slash) {
@@ -103,16 +118,7 @@ AwsSignedRequest aws_sigv4_sign(const AwsSigningInput& input) {
   const std::string path = input.path.empty() ? "/" : input.path;
   const std::string canonical_uri = input.double_encode_path ? aws_uri_encode(path, true) : path;
 
-  // Canonical query: each name and value encoded, then sorted by name and
-  // then by value, byte by byte.
-  std::vector<std::pair<std::string, std::string>> query;
-  query.reserve(input.query.size());
-  for (const auto& [name, value] : input.query) query.emplace_back(aws_uri_encode(name, false), aws_uri_encode(value, false));
-  std::sort(query.begin(), query.end());
-  for (const auto& [name, value] : query) {
-    if (!result.query_string.empty()) result.query_string += '&';
-    result.query_string += name + "=" + value;
-  }
+  result.query_string = canonical_query(input.query);
 
   // Canonical headers: lower-case names in sorted order, duplicate values
   // joined with commas in the order given.
@@ -158,6 +164,34 @@ AwsSignedRequest aws_sigv4_sign(const AwsSigningInput& input) {
                          ", SignedHeaders=" + signed_headers + ", Signature=" + result.signature;
   result.headers_to_add.insert(result.headers_to_add.begin(), "Authorization: " + result.authorization);
   return result;
+}
+
+std::string aws_sigv4_presign(const AwsPresignInput& input) {
+  const std::string amz_date = aws_amz_date(input.time);
+  const std::string date = amz_date.substr(0, 8);
+  const std::string scope = date + "/" + input.region + "/" + input.service + "/aws4_request";
+
+  HttpHeaderList parameters = input.query;
+  parameters.emplace_back("X-Amz-Algorithm", std::string(kAlgorithm));
+  parameters.emplace_back("X-Amz-Credential", input.credentials.access_key_id + "/" + scope);
+  parameters.emplace_back("X-Amz-Date", amz_date);
+  parameters.emplace_back("X-Amz-Expires", std::to_string(input.expires.count()));
+  parameters.emplace_back("X-Amz-SignedHeaders", "host");
+  // S3 signs the session token as a query parameter (some other services
+  // append it after signing instead).
+  if (!input.credentials.session_token.empty()) {
+    parameters.emplace_back("X-Amz-Security-Token", input.credentials.session_token);
+  }
+  const std::string query = canonical_query(parameters);
+
+  const std::string path = input.path.empty() ? "/" : input.path;
+  const std::string canonical_uri = input.double_encode_path ? aws_uri_encode(path, true) : path;
+  const std::string canonical_request = input.method + "\n" + canonical_uri + "\n" + query + "\n" + "host:" +
+                                        canonical_header_value(input.host) + "\n\nhost\nUNSIGNED-PAYLOAD";
+  const std::string string_to_sign =
+      std::string(kAlgorithm) + "\n" + amz_date + "\n" + scope + "\n" + sha256_hex(canonical_request);
+  const std::string key = aws_signing_key(input.credentials.secret_access_key, date, input.region, input.service);
+  return query + "&X-Amz-Signature=" + hmac_sha256_hex(key, string_to_sign);
 }
 
 }  // namespace pixelgate::core

@@ -1,11 +1,12 @@
-// AWS Signature Version 4 (header-based) for the Bedrock adapter and, later,
-// an S3 object store.
+// AWS Signature Version 4 for the Bedrock adapter and the S3 object store:
+// the Authorization header form, and the query-string form of presigned URLs.
 //
 // pixelgate signs requests itself with OpenSSL's HMAC-SHA256 because the AWS
 // SDK for C++ is not packaged in Debian, and vendoring it would add a large
-// build for two small request shapes. The rules follow AWS's "Create a signed
-// AWS API request" guide (IAM User Guide, Signature Version 4) and S3's
-// "Signature Calculations for the Authorization Header".
+// build for a few small request shapes. The rules follow AWS's "Create a
+// signed AWS API request" guide (IAM User Guide, Signature Version 4) and
+// S3's "Signature Calculations for the Authorization Header" and
+// "Authenticating Requests: Using Query Parameters".
 #pragma once
 
 #include <chrono>
@@ -81,5 +82,28 @@ std::string aws_signing_key(std::string_view secret_access_key, std::string_view
 
 // Signs one request. Throws std::runtime_error only when OpenSSL fails.
 AwsSignedRequest aws_sigv4_sign(const AwsSigningInput& input);
+
+struct AwsPresignInput {
+  std::string method = "GET";
+  std::string host;  // as the Host header of the later request carries it
+  std::string path;  // encoded once, as for AwsSigningInput
+  // Further decoded query parameters to sign, e.g. response-content-type.
+  HttpHeaderList query;
+  std::string region;
+  std::string service = "s3";
+  AwsCredentials credentials;
+  // How long the URL stays valid. S3 accepts 1 to 604800 seconds (7 days).
+  std::chrono::seconds expires{3600};
+  std::chrono::system_clock::time_point time;
+  bool double_encode_path = false;  // S3 signs the path as sent
+};
+
+// Presigns a request in the query-string form: only the host header is
+// signed and the payload is UNSIGNED-PAYLOAD. Returns the complete encoded
+// query to append after "?": the sorted X-Amz-* parameters (with
+// X-Amz-Security-Token when a session token is set) and the caller's
+// parameters, followed by X-Amz-Signature. Throws std::runtime_error only
+// when OpenSSL fails.
+std::string aws_sigv4_presign(const AwsPresignInput& input);
 
 }  // namespace pixelgate::core

@@ -15,6 +15,12 @@
 // - The S3 API Reference's "GET Object" example from "Signature Calculations
 //   for the Authorization Header" (Range: bytes=0-9, signature f0e8bdb8...),
 //   as quoted in public code.
+// - The S3 API Reference's presigned-URL example from "Authenticating
+//   Requests: Using Query Parameters" (GET examplebucket/test.txt, expires
+//   86400, signature aeeed9bb...), as quoted in public test code. The
+//   presigned cases with a session token or an encoded key have no published
+//   signature. Theirs come from the separate node:crypto implementation in
+//   tests/fakes/s3-fault-proxy.mjs, which reproduces the published example.
 // The cases with spaces, "+ = @ ~ %", Unicode and emoji in the path have no
 // published signature. Their canonical requests follow AWS's encoding rule by
 // hand, and their signatures were cross-checked with a separate node:crypto
@@ -267,4 +273,56 @@ TEST(AwsSigV4Headers, HostAndDateAdded) {
 TEST(AwsSigV4Headers, ContentShaHeaderForS3) {
   const auto signed_request = core::aws_sigv4_sign(s3_input("GET", "/test.txt"));
   EXPECT_EQ(signed_request.headers_to_add.back(), "X-Amz-Content-Sha256: " + std::string(kEmptyHash));
+}
+
+namespace {
+
+core::AwsPresignInput presign_example() {
+  core::AwsPresignInput input;
+  input.host = "examplebucket.s3.amazonaws.com";
+  input.path = "/test.txt";
+  input.region = "us-east-1";
+  input.credentials = {"AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", ""};
+  input.expires = std::chrono::seconds(86400);
+  input.time = utc(2013, 5, 24, 0, 0);
+  return input;
+}
+
+}  // namespace
+
+TEST(AwsSigV4Presign, S3DocumentationExample) {
+  EXPECT_EQ(core::aws_sigv4_presign(presign_example()),
+            "X-Amz-Algorithm=AWS4-HMAC-SHA256"
+            "&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request"
+            "&X-Amz-Date=20130524T000000Z"
+            "&X-Amz-Expires=86400"
+            "&X-Amz-SignedHeaders=host"
+            "&X-Amz-Signature=aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404");
+}
+
+TEST(AwsSigV4Presign, SessionTokenIsSigned) {
+  auto input = presign_example();
+  input.credentials.session_token = "session/token+x=";
+  const std::string query = core::aws_sigv4_presign(input);
+  EXPECT_NE(query.find("&X-Amz-Security-Token=session%2Ftoken%2Bx%3D&X-Amz-SignedHeaders=host&"), std::string::npos);
+  EXPECT_EQ(query.substr(query.size() - 64), "5d19e278158b66798940bcc4b0839b286b9da0fb82d18c742fee6753aee63f8e");
+}
+
+TEST(AwsSigV4Presign, ExtraParametersSortAfterAmzOnes) {
+  auto input = presign_example();
+  input.query = {{"response-content-type", "image/png"}};
+  const std::string query = core::aws_sigv4_presign(input);
+  EXPECT_NE(query.find("X-Amz-SignedHeaders=host&response-content-type=image%2Fpng&X-Amz-Signature="),
+            std::string::npos);
+  EXPECT_EQ(query.find("aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404"), std::string::npos);
+}
+
+TEST(AwsSigV4Presign, EncodedKeyPathSignedOnce) {
+  auto input = presign_example();
+  input.host = "127.0.0.1:9000";
+  input.path = "/bucket/" + core::aws_encode_path("emoji\xF0\x9F\x98\x80/a b+c");
+  input.expires = std::chrono::seconds(600);
+  EXPECT_EQ(input.path, "/bucket/emoji%F0%9F%98%80/a%20b%2Bc");
+  const std::string query = core::aws_sigv4_presign(input);
+  EXPECT_EQ(query.substr(query.size() - 64), "256f871d0f85eeee34a435a2131fd203e47bbf729ba32d5d6acb4f0a733a3ada");
 }
