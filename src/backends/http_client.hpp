@@ -22,7 +22,7 @@ struct OutboundRequest {
   std::string method = "GET";
   std::string url;
   std::vector<std::string> headers;  // "Name: value"
-  std::string body;
+  std::string body;  // sent with every method except GET when non-empty
   // When non-empty, the body is sent as multipart/form-data built from these
   // parts (and `body` is ignored); libcurl sets the Content-Type boundary.
   std::vector<MultipartField> multipart;
