@@ -141,7 +141,10 @@ int run_serve(const Arguments& args) {
   const auto& server_config = rt.config.server;
 
   generation::ResolutionCache resolutions(10'000);
-  api::App app({rt.config, rt.backends, *rt.resolver, *rt.images, *rt.store, *rt.workers, *rt.gate, resolutions});
+  std::function<core::Status()> check_shared_state;
+  if (rt.redis) check_shared_state = [&rt] { return rt.redis->ping(); };
+  api::App app({rt.config, rt.backends, *rt.resolver, *rt.images, *rt.store, *rt.workers, *rt.gate, resolutions,
+                check_shared_state});
   http::ServerOptions options;
   options.host = server_config.host;
   options.port = server_config.port;

@@ -6,7 +6,9 @@
 
 #include "backends/http_client.hpp"
 #include "imaging/image.hpp"
+#include "redis/redis_rate_limiter.hpp"
 #include "storage/disk_store.hpp"
+#include "storage/s3_store.hpp"
 
 namespace pixelgate::cli {
 
@@ -38,6 +40,18 @@ std::string ledger_path(const config::Config& config) {
   return (std::filesystem::path(config.storage.path) / "ledger.sqlite3").string();
 }
 
+core::Result<std::unique_ptr<storage::ObjectStore>> open_store(const config::Config& cfg) {
+  if (cfg.storage.kind == "s3") {
+    auto s3_store = storage::S3Store::open(cfg.storage.s3);
+    if (!s3_store) return std::move(s3_store).error();
+    spdlog::info("storage: using {}", (*s3_store)->describe());
+    return std::unique_ptr<storage::ObjectStore>(std::move(s3_store).value());
+  }
+  auto store = storage::DiskStore::open(cfg.storage.path);
+  if (!store) return std::move(store).error();
+  return std::unique_ptr<storage::ObjectStore>(std::move(store).value());
+}
+
 core::Result<std::unique_ptr<Runtime>> build_runtime(config::Config config) {
   if (auto status = imaging::initialize(); !status) return std::move(status).error();
   backends::initialize_http_client();
@@ -57,13 +71,36 @@ core::Result<std::unique_ptr<Runtime>> build_runtime(config::Config config) {
     runtime->backends.emplace(name, std::move(backend).value());
   }
 
-  auto store = storage::DiskStore::open(cfg.storage.path);
+  auto store = open_store(cfg);
   if (!store) return std::move(store).error();
   runtime->store = std::move(store).value();
-  auto ledger = admission::BudgetLedger::open(ledger_path(cfg), runtime->clock);
+  // With S3 storage nothing else creates the local folder the ledger lives in.
+  const std::filesystem::path ledger_file = ledger_path(cfg);
+  if (ledger_file.has_parent_path()) {
+    std::error_code ignored;
+    std::filesystem::create_directories(ledger_file.parent_path(), ignored);
+  }
+  auto ledger = admission::BudgetLedger::open(ledger_file.string(), runtime->clock);
   if (!ledger) return std::move(ledger).error();
   runtime->ledger = std::move(ledger).value();
-  runtime->rate_limiter = std::make_unique<admission::InMemoryRateLimiter>(runtime->clock);
+  if (cfg.redis.url.empty()) {
+    runtime->rate_limiter = std::make_unique<admission::InMemoryRateLimiter>(runtime->clock);
+  } else {
+    auto client = redis::RedisClient::create(cfg.redis);
+    if (!client) return std::move(client).error();
+    runtime->redis = std::move(client).value();
+    if (auto ping = runtime->redis->ping(); !ping) {
+      // Not fatal: hits are served while Redis is away, generations wait for it.
+      spdlog::warn("redis: not reachable at start-up: {}; new generations are refused until it is",
+                   ping.error().message);
+    }
+    runtime->rate_limiter = std::make_unique<redis::RedisRateLimiter>(*runtime->redis);
+    runtime->spend_counters = std::make_unique<redis::RedisSpendCounters>(*runtime->redis, runtime->clock);
+    runtime->ledger->set_shared_counters(runtime->spend_counters.get());
+    runtime->lease = std::make_unique<redis::RedisLease>(*runtime->redis);
+    spdlog::info("redis: rate limits, spend budgets and generation leases are shared through {}",
+                 runtime->redis->endpoint().display());
+  }
   runtime->gate = std::make_unique<admission::Gate>(cfg, runtime->clock, *runtime->rate_limiter, *runtime->ledger);
 
   runtime->hot_cache = std::make_unique<storage::HotCache>(static_cast<std::size_t>(cfg.storage.hot_cache_bytes),
@@ -80,6 +117,11 @@ core::Result<std::unique_ptr<Runtime>> build_runtime(config::Config config) {
   runtime->health = std::make_unique<generation::BackendHealth>(cfg, runtime->clock);
   options.health = runtime->health.get();
   options.refusal_ttl = std::chrono::milliseconds(cfg.limits.refusal_cache_ms);
+  if (runtime->lease) {
+    options.lease = runtime->lease.get();
+    options.lease_ttl = std::chrono::milliseconds(cfg.redis.lease_ttl_ms);
+    options.lease_poll = std::chrono::milliseconds(cfg.redis.lease_poll_ms);
+  }
   runtime->images =
       std::make_unique<generation::ImageService>(*runtime->store, *runtime->hot_cache, *runtime->workers, options);
   return runtime;

@@ -13,6 +13,9 @@
 #include "generation/backend_health.hpp"
 #include "generation/image_service.hpp"
 #include "generation/resolver.hpp"
+#include "redis/redis_client.hpp"
+#include "redis/redis_lease.hpp"
+#include "redis/redis_spend_counters.hpp"
 #include "storage/hot_cache.hpp"
 #include "storage/object_store.hpp"
 
@@ -26,7 +29,11 @@ struct Runtime {
   std::unique_ptr<storage::ObjectStore> store;
   std::unique_ptr<storage::HotCache> hot_cache;
   core::SystemClock clock;
-  std::unique_ptr<admission::InMemoryRateLimiter> rate_limiter;
+  // Set when [redis] url is: shared by the limiter, counters and lease.
+  std::unique_ptr<redis::RedisClient> redis;
+  std::unique_ptr<redis::RedisSpendCounters> spend_counters;
+  std::unique_ptr<redis::RedisLease> lease;
+  std::unique_ptr<admission::RateLimiter> rate_limiter;
   std::unique_ptr<admission::BudgetLedger> ledger;
   std::unique_ptr<admission::Gate> gate;
   std::unique_ptr<generation::BackendHealth> health;
@@ -36,6 +43,9 @@ struct Runtime {
 
   ~Runtime();
 };
+
+// Opens the object store the configuration names (disk or S3).
+core::Result<std::unique_ptr<storage::ObjectStore>> open_store(const config::Config& config);
 
 // Starts libraries, backends, storage and workers. Errors name the setting.
 core::Result<std::unique_ptr<Runtime>> build_runtime(config::Config config);

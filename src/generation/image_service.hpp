@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/error.hpp"
+#include "core/generation_lease.hpp"
 #include "core/generation_guard.hpp"
 #include "core/worker_pool.hpp"
 #include "generation/backend_health.hpp"
@@ -57,6 +58,11 @@ struct ImageServiceOptions {
   // How long a content refusal is returned without calling the backend
   // again; 0 turns the refusal cache off.
   std::chrono::milliseconds refusal_ttl{600'000};
+  // Set when several replicas share one store: a miss generates only while
+  // holding this lease, and the other replicas wait for the stored image.
+  core::GenerationLease* lease = nullptr;
+  std::chrono::milliseconds lease_ttl{15'000};   // renewed every third of it
+  std::chrono::milliseconds lease_poll{200};     // how often a waiting replica looks for the image
 };
 
 // Thread-safety: all public members may be called from any thread. Every
@@ -99,6 +105,8 @@ class ImageService {
 
   void run_flight(const ResolvedRequest& resolved, const std::string& request_id, const core::GenerationCaller& caller,
                   std::chrono::steady_clock::time_point queued_at);
+  core::Result<ImageOutcome> generate_under_lease(const ResolvedRequest& resolved, const std::string& request_id,
+                                                  const core::GenerationCaller& caller, StageTimings timings);
   core::Result<ImageOutcome> generate(const ResolvedRequest& resolved, const std::string& request_id,
                                       const core::GenerationCaller& caller, StageTimings timings);
   core::Result<ImageOutcome> attempt(const Candidate& candidate, const std::string& request_id,

@@ -414,12 +414,19 @@ function tomlValue(value) {
 
 function tomlTable(name, table) {
   const lines = [`[${name}]`];
+  const subTables = [];
   for (const [key, value] of Object.entries(table)) {
-    if (value !== undefined) {
+    if (value === undefined) {
+      continue;
+    }
+    // A plain object becomes a sub-table, e.g. storage.s3.
+    if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
+      subTables.push(tomlTable(`${name}.${key}`, value));
+    } else {
       lines.push(`${key} = ${tomlValue(value)}`);
     }
   }
-  return lines.join('\n');
+  return [lines.join('\n'), ...subTables].join('\n\n');
 }
 
 /**
@@ -433,7 +440,7 @@ export function toToml(config) {
   if (config.default_backend) {
     parts.push(`default_backend = ${tomlValue(config.default_backend)}`);
   }
-  for (const section of ['server', 'storage', 'limits', 'logging', 'security', 'rate_limits', 'budgets']) {
+  for (const section of ['server', 'storage', 'redis', 'limits', 'logging', 'security', 'rate_limits', 'budgets']) {
     if (config[section]) {
       parts.push(tomlTable(section, config[section]));
     }
