@@ -653,7 +653,12 @@ int run_config_check(const Arguments& args) {
               path.empty() ? "built-in defaults" : path.c_str(), config->backends.size(),
               config->default_backend.c_str(), config->templates.size(), config->security.mode.c_str(),
               config->security.signing_keys.size(), config->api_keys.size(), config->server.host.c_str(),
-              config->server.port, config->storage.path.c_str());
+              config->server.port,
+              config->storage.kind == "s3"
+                  ? ("s3 bucket \"" + config->storage.s3.bucket + "\" at " + config->storage.s3.endpoint).c_str()
+                  : ("disk " + config->storage.path).c_str());
+  std::printf("  delivery: %s\n  shared state: %s\n", config->storage.delivery.c_str(),
+              config->redis.url.empty() ? "in this process (no [redis] url)" : ("redis " + config->redis.url).c_str());
   return 0;
 }
 

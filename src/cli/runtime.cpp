@@ -91,7 +91,7 @@ core::Result<std::unique_ptr<Runtime>> build_runtime(config::Config config) {
     runtime->redis = std::move(client).value();
     if (auto ping = runtime->redis->ping(); !ping) {
       // Not fatal: hits are served while Redis is away, generations wait for it.
-      spdlog::warn("redis: not reachable at start-up: {}; new generations are refused until it is",
+      spdlog::warn("redis: not reachable at start-up: {}; new generations are rejected until it is",
                    ping.error().message);
     }
     runtime->rate_limiter = std::make_unique<redis::RedisRateLimiter>(*runtime->redis);

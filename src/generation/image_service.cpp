@@ -36,6 +36,13 @@ std::string digest_header(const std::string& sha256_hex) {
   return "sha-256=:" + core::base64_encode(raw) + ":";
 }
 
+// Errors of a store that is down or refusing requests, as opposed to a
+// damaged object.
+bool is_store_outage(core::ErrorCode code) {
+  return code == core::ErrorCode::Unavailable || code == core::ErrorCode::DeadlineExceeded ||
+         code == core::ErrorCode::BadGateway;
+}
+
 Json spec_json(const core::GenerationSpec& spec) {
   return {{"backend", spec.backend},
           {"backend_type", spec.backend_type},
@@ -163,8 +170,13 @@ void ImageService::run_flight(const ResolvedRequest& resolved, const std::string
       finish(resolved.key, ImageOutcome{std::move(*stored), CacheState::Hit, timings, 0});
       return;
     }
-    // A store that cannot be read is logged by load(); generating anew
-    // replaces a damaged object.
+    // load() has logged the failure. Generating anew replaces a damaged
+    // object, but a store that cannot be reached may well hold the image, and
+    // paying for it again on every request would not fix that.
+    if (!stored && is_store_outage(stored.error().code)) {
+      finish(resolved.key, core::Error::unavailable("the image store cannot be reached; retry later", 5));
+      return;
+    }
   }
 
   try {

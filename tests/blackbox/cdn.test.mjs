@@ -1,7 +1,7 @@
 // pixelgate behind a real shared cache: Debian's Varnish running deploy/varnish/pixelgate.vcl.
-// A repeated image request must be a Varnish hit that never reaches pixelgate, errors must
-// never be kept, responses that needed an API key must not be shared, and the purge workflow
-// (`pixelgate cache purge` plus a surrogate-key ban) must make Varnish ask pixelgate again.
+// A repeated image request must be a Varnish hit that never reaches pixelgate. Errors must
+// never be kept, and responses that needed an API key must not be shared. After
+// `pixelgate cache purge` and a surrogate-key ban, Varnish must fetch from pixelgate again.
 
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -51,7 +51,7 @@ async function settledRequests(path) {
 }
 
 describe('Varnish in front of pixelgate', { timeout: 120_000 }, () => {
-  test('the second identical request is a Varnish hit that pixelgate never sees', async () => {
+  test('second request is a Varnish hit', async () => {
     const path = '/v1/images/badge?prompt=a+fox';
     const before = await settledRequests('/v1/images/badge');
     const first = await varnish.get(path);
@@ -75,7 +75,7 @@ describe('Varnish in front of pixelgate', { timeout: 120_000 }, () => {
     assert.equal(await settledRequests('/v1/images/badge'), before + 1);
   });
 
-  test('parameters in another order share one Varnish object', async () => {
+  test('reordered parameters share an object', async () => {
     const first = await varnish.get('/v1/images/badge?prompt=an+owl&width=512&height=512');
     assert.equal(first.status, 200);
     const second = await varnish.get('/v1/images/badge?height=512&prompt=an+owl&width=512');
@@ -83,7 +83,7 @@ describe('Varnish in front of pixelgate', { timeout: 120_000 }, () => {
     assert.ok(second.body.equals(first.body));
   });
 
-  test('Varnish answers a revalidation with a complete 304', async () => {
+  test('revalidation gets a complete 304', async () => {
     const first = await varnish.get('/v1/images/badge?prompt=a+heron');
     const revalidated = await varnish.get('/v1/images/badge?prompt=a+heron', {
       headers: { 'if-none-match': first.headers.etag },
@@ -94,7 +94,7 @@ describe('Varnish in front of pixelgate', { timeout: 120_000 }, () => {
     assert.equal(revalidated.body.length, 0);
   });
 
-  test('a backend error is not cached: the next request reaches pixelgate and succeeds', async () => {
+  test('backend error is not cached', async () => {
     await gateway.fake.control({ script: [{ status: 500 }, { status: 500 }, { status: 500 }, { status: 500 }] });
     const path = '/v1/images/badge?prompt=a+broken+lamp';
     const failed = await varnish.get(path);
@@ -109,7 +109,7 @@ describe('Varnish in front of pixelgate', { timeout: 120_000 }, () => {
     assert.equal(await settledRequests('/v1/images/badge'), before + 1);
   });
 
-  test('a 4xx error is not cached either', async () => {
+  test('client error is not cached', async () => {
     const path = '/v1/images/badge?prompt=a+cat&width=5';
     const before = await settledRequests('/v1/images/badge');
     for (let i = 0; i < 2; i += 1) {
@@ -121,7 +121,7 @@ describe('Varnish in front of pixelgate', { timeout: 120_000 }, () => {
     assert.equal(await settledRequests('/v1/images/badge'), before + 2);
   });
 
-  test('a response that needed an API key is private and never served to others', async () => {
+  test('API-key response stays private', async () => {
     const path = '/generate-image?prompt=a+private+logo';
     const keyed = await varnish.get(path, { headers: { authorization: `Bearer ${API_KEY}` } });
     assert.equal(keyed.status, 200);
@@ -132,7 +132,7 @@ describe('Varnish in front of pixelgate', { timeout: 120_000 }, () => {
     assert.equal(anonymous.headers['x-cache'], 'MISS');
   });
 
-  test('cache purge removes the image and its surrogate key bans the Varnish copy', async () => {
+  test('purge and ban refetch the image', async () => {
     const path = '/v1/images/badge?prompt=a+purged+moth';
     const first = await varnish.get(path);
     assert.equal(first.status, 200);

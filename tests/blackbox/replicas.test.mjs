@@ -1,9 +1,8 @@
-// Several pixelgate replicas sharing one Redis (Debian redis-server) and one S3-compatible
-// store (s3rver, signatures checked), as they would behind a load balancer: identical
-// requests spread across them make one backend call, a rate limit holds for all of them
-// together, a replica killed while holding a generation lease is replaced by another after
-// the lease expires, and an unreachable Redis keeps hits working while it refuses new
-// generations.
+// Several pixelgate replicas share one Redis (Debian redis-server) and one S3-compatible
+// store (s3rver), as they would behind a load balancer. Identical requests spread across
+// them make one backend call, and a rate limit holds for all of them together. A replica
+// killed while it holds a generation lease is replaced by another once the lease expires.
+// While Redis is unreachable, hits keep working and new generations are rejected.
 
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -18,7 +17,7 @@ import { startRedis, startS3rver } from './lib/services.mjs';
 
 const LEASE_TTL_MS = 1000;
 
-/** A fake backend, Redis, s3rver and `count` pixelgate processes on one configuration. */
+/** Starts a fake backend, Redis, s3rver and `count` pixelgate processes on one configuration. */
 async function startCluster(count, { rateLimits = {}, fakeDelayMs = 0 } = {}) {
   const cluster = { replicas: [] };
   cluster.dir = await mkdtemp(join(tmpdir(), 'pixelgate-replicas-'));
@@ -81,7 +80,7 @@ describe('three replicas, one Redis, one bucket', { timeout: 180_000 }, () => {
     await cluster?.close();
   });
 
-  test('300 concurrent identical requests across the replicas make exactly one backend call', async () => {
+  test('300 requests make one call', async () => {
     const path = '/generate-image?prompt=a+lighthouse+shared+by+replicas';
     const responses = await Promise.all(
       Array.from({ length: 300 }, (_, i) => cluster.replicas[i % 3].get(path, { timeoutMs: 60_000 })),
@@ -91,13 +90,13 @@ describe('three replicas, one Redis, one bucket', { timeout: 180_000 }, () => {
     assert.ok(responses.every((response) => response.body.equals(first)), 'all 300 bodies are identical');
     assert.equal((await cluster.fake.stats()).generations, 1);
 
-    // Every replica answered some of them, and the stored object is the same image.
+    // One replica generated the image, and the bucket holds exactly those bytes.
     const states = new Set(responses.map((response) => response.headers['x-pixelgate-cache']));
     assert.ok(states.has('miss'));
     assert.ok((await s3Bytes(cluster, responses[0].headers['x-pixelgate-key'])).equals(first));
   });
 
-  test('a replica that never saw the image serves it from the shared store', async () => {
+  test('other replica reads shared store', async () => {
     const path = '/generate-image?prompt=made+on+replica+zero';
     const made = await cluster.replicas[0].get(path);
     assert.equal(made.status, 200);
@@ -109,7 +108,7 @@ describe('three replicas, one Redis, one bucket', { timeout: 180_000 }, () => {
     assert.equal((await cluster.fake.stats()).generations, generations);
   });
 
-  test('killing the lease holder mid-generation lets another replica take over, with one more call', async () => {
+  test('dead lease holder is replaced', async () => {
     await cluster.fake.control({ delay_ms: 4000 });
     const path = '/generate-image?prompt=an+orphaned+generation';
     const before = (await cluster.fake.stats()).generations;
@@ -135,7 +134,7 @@ describe('three replicas, one Redis, one bucket', { timeout: 180_000 }, () => {
     assert.ok((await s3Bytes(cluster, taken.headers['x-pixelgate-key'])).equals(taken.body));
   });
 
-  test('with Redis down, hits keep working and new generations get 503', async () => {
+  test('Redis outage keeps hits, rejects misses', async () => {
     const replica = cluster.replicas[2];
     const cached = await replica.get('/generate-image?prompt=cached+before+the+outage');
     assert.equal(cached.status, 200);
@@ -179,7 +178,7 @@ describe('a rate limit shared by two replicas', { timeout: 60_000 }, () => {
     await cluster?.close();
   });
 
-  test('allows at most the burst across both replicas together', async () => {
+  test('burst holds across replicas', async () => {
     const path = '/generate-image?prompt=a+rate+limited+kite';
     const statuses = [];
     for (let i = 0; i < 12; i += 1) {

@@ -5,6 +5,7 @@
 #include <condition_variable>
 #include <filesystem>
 #include <future>
+#include <map>
 
 #include "backends/backend.hpp"
 #include "core/hash.hpp"
@@ -323,4 +324,213 @@ TEST(WorkerPool, RejectsWhenQueueIsFull) {
   gate.set_value();
   pool.stop();
   EXPECT_EQ(ran.load(), 2);
+}
+
+namespace {
+
+// Wraps a real store and can make reads fail as an unreachable S3 would.
+class FlakyStore final : public storage::ObjectStore {
+ public:
+  explicit FlakyStore(storage::ObjectStore& inner) : inner_(inner) {}
+  core::Result<std::optional<storage::StoredObject>> find(const std::string& key) override {
+    if (down) return core::Error::unavailable("S3 GET failed after 4 attempts", 5);
+    return inner_.find(key);
+  }
+  core::Status put(const std::string& key, std::string_view data, std::string_view metadata) override {
+    return inner_.put(key, data, metadata);
+  }
+  core::Result<std::optional<std::string>> find_metadata(const std::string& key) override {
+    return inner_.find_metadata(key);
+  }
+  core::Status remove(const std::string& key) override { return inner_.remove(key); }
+  core::Status list(const std::function<bool(const std::string&)>& visit) override { return inner_.list(visit); }
+  core::Status check_writable() override { return inner_.check_writable(); }
+  std::string describe() const override { return "flaky"; }
+
+  std::atomic<bool> down{false};
+
+ private:
+  storage::ObjectStore& inner_;
+};
+
+// A lease table in memory with real expiry, shared by several services as
+// Redis is shared by several replicas.
+class MemoryLease final : public core::GenerationLease {
+ public:
+  core::Result<std::optional<core::LeaseHandle>> try_acquire(const std::string& key,
+                                                             std::chrono::milliseconds ttl) override {
+    std::lock_guard lock(mutex_);
+    ++acquire_calls;
+    if (down) return core::Error::unavailable("redis unreachable", 1);
+    auto now = std::chrono::steady_clock::now();
+    auto it = held_.find(key);
+    if (it != held_.end() && it->second.expires > now) return std::optional<core::LeaseHandle>{};
+    core::LeaseHandle handle{"token-" + std::to_string(++next_fence_), next_fence_};
+    held_[key] = {handle, now + ttl};
+    ++granted;
+    return std::optional<core::LeaseHandle>{handle};
+  }
+  core::Result<bool> renew(const std::string& key, const core::LeaseHandle& handle,
+                           std::chrono::milliseconds ttl) override {
+    std::lock_guard lock(mutex_);
+    auto it = held_.find(key);
+    if (it == held_.end() || it->second.handle.token != handle.token) return false;
+    it->second.expires = std::chrono::steady_clock::now() + ttl;
+    ++renewals;
+    return true;
+  }
+  void release(const std::string& key, const core::LeaseHandle& handle) noexcept override {
+    std::lock_guard lock(mutex_);
+    auto it = held_.find(key);
+    if (it != held_.end() && it->second.handle.token == handle.token) held_.erase(it);
+    ++releases;
+  }
+  bool held(const std::string& key) {
+    std::lock_guard lock(mutex_);
+    auto it = held_.find(key);
+    return it != held_.end() && it->second.expires > std::chrono::steady_clock::now();
+  }
+
+  std::atomic<bool> down{false};
+  int acquire_calls = 0;
+  int granted = 0;
+  int renewals = 0;
+  int releases = 0;
+
+ private:
+  struct Entry {
+    core::LeaseHandle handle;
+    std::chrono::steady_clock::time_point expires;
+  };
+  std::mutex mutex_;
+  std::map<std::string, Entry> held_;
+  std::int64_t next_fence_ = 0;
+};
+
+}  // namespace
+
+TEST_F(ImageServiceTest, StoreOutageFailsWithoutGenerating) {
+  FlakyStore flaky(*store_);
+  generation::ImageService service(flaky, hot_cache_, workers_, {});
+  flaky.down = true;
+  backend_.release();
+  auto promise = std::make_shared<std::promise<core::Result<generation::ImageOutcome>>>();
+  auto future = promise->get_future();
+  service.fetch_or_generate(request("an unreachable bucket"), "test", kCaller,
+                            [promise](auto outcome) { promise->set_value(std::move(outcome)); });
+  auto outcome = future.get();
+  ASSERT_FALSE(outcome.ok());
+  EXPECT_EQ(outcome.error().code, core::ErrorCode::Unavailable);
+  EXPECT_EQ(backend_.calls.load(), 0);
+  service.drain(std::chrono::seconds(5));
+}
+
+class LeaseTest : public ImageServiceTest {
+ protected:
+  generation::ImageServiceOptions lease_options() {
+    generation::ImageServiceOptions options;
+    options.lease = &lease_;
+    options.lease_ttl = std::chrono::milliseconds(1000);
+    options.lease_poll = std::chrono::milliseconds(10);
+    return options;
+  }
+
+  static std::future<core::Result<generation::ImageOutcome>> start_on(generation::ImageService& service,
+                                                                      const generation::ResolvedRequest& resolved) {
+    auto promise = std::make_shared<std::promise<core::Result<generation::ImageOutcome>>>();
+    auto future = promise->get_future();
+    service.fetch_or_generate(resolved, "test", kCaller,
+                              [promise](auto outcome) { promise->set_value(std::move(outcome)); });
+    return future;
+  }
+
+  MemoryLease lease_;
+};
+
+TEST_F(LeaseTest, TwoReplicasMakeOneCall) {
+  // Two services with their own hot caches and one store and lease: two replicas.
+  storage::HotCache other_cache{64 * 1024 * 1024, 8 * 1024 * 1024};
+  generation::ImageService first(*store_, hot_cache_, workers_, lease_options());
+  generation::ImageService second(*store_, other_cache, workers_, lease_options());
+  const auto resolved = request("a lighthouse shared by replicas");
+
+  auto leader = start_on(first, resolved);
+  wait_for_calls(1);
+  auto waiter = start_on(second, resolved);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(backend_.calls.load(), 1);
+  backend_.release();
+
+  auto leader_outcome = leader.get();
+  auto waiter_outcome = waiter.get();
+  ASSERT_TRUE(leader_outcome.ok());
+  ASSERT_TRUE(waiter_outcome.ok());
+  EXPECT_EQ(backend_.calls.load(), 1);
+  EXPECT_EQ(leader_outcome->state, generation::CacheState::Miss);
+  EXPECT_EQ(waiter_outcome->state, generation::CacheState::Coalesced);
+  EXPECT_EQ(*leader_outcome->image->bytes, *waiter_outcome->image->bytes);
+  EXPECT_FALSE(lease_.held(resolved.key)) << "the lease must be given up after the generation";
+  first.drain(std::chrono::seconds(5));
+  second.drain(std::chrono::seconds(5));
+}
+
+TEST_F(LeaseTest, LongGenerationRenewsLease) {
+  generation::ImageService service(*store_, hot_cache_, workers_, lease_options());
+  const auto resolved = request("a slow generation");
+  auto future = start_on(service, resolved);
+  wait_for_calls(1);
+  // Three lease lifetimes: without renewal the lease would have expired.
+  std::this_thread::sleep_for(std::chrono::milliseconds(3000));
+  EXPECT_TRUE(lease_.held(resolved.key));
+  EXPECT_GE(lease_.renewals, 3);
+  backend_.release();
+  ASSERT_TRUE(future.get().ok());
+  service.drain(std::chrono::seconds(5));
+}
+
+TEST_F(LeaseTest, ExpiredLeaseIsTakenOver) {
+  generation::ImageService service(*store_, hot_cache_, workers_, lease_options());
+  const auto resolved = request("an abandoned lease");
+  // A replica that died after taking the lease: it is never renewed.
+  auto dead = lease_.try_acquire(resolved.key, std::chrono::milliseconds(300));
+  ASSERT_TRUE(dead.ok());
+  ASSERT_TRUE(dead->has_value());
+
+  backend_.release();
+  const auto started = std::chrono::steady_clock::now();
+  auto outcome = start_on(service, resolved).get();
+  ASSERT_TRUE(outcome.ok());
+  EXPECT_GE(std::chrono::steady_clock::now() - started, std::chrono::milliseconds(250));
+  EXPECT_EQ(backend_.calls.load(), 1);
+  EXPECT_EQ(lease_.granted, 2);
+  service.drain(std::chrono::seconds(5));
+}
+
+TEST_F(LeaseTest, UnreachableLeaseRefusesGeneration) {
+  generation::ImageService service(*store_, hot_cache_, workers_, lease_options());
+  lease_.down = true;
+  backend_.release();
+  auto outcome = start_on(service, request("redis is down")).get();
+  ASSERT_FALSE(outcome.ok());
+  EXPECT_EQ(outcome.error().code, core::ErrorCode::Unavailable);
+  EXPECT_EQ(backend_.calls.load(), 0);
+  service.drain(std::chrono::seconds(5));
+}
+
+TEST_F(LeaseTest, StoredImageNeedsNoLease) {
+  generation::ImageService service(*store_, hot_cache_, workers_, lease_options());
+  backend_.release();
+  const auto resolved = request("stored before the outage");
+  ASSERT_TRUE(start_on(service, resolved).get().ok());
+
+  storage::HotCache cold_cache{64 * 1024 * 1024, 8 * 1024 * 1024};
+  generation::ImageService other(*store_, cold_cache, workers_, lease_options());
+  lease_.down = true;
+  const int acquires = lease_.acquire_calls;
+  auto outcome = start_on(other, resolved).get();
+  ASSERT_TRUE(outcome.ok());
+  EXPECT_EQ(outcome->state, generation::CacheState::Hit);
+  EXPECT_EQ(lease_.acquire_calls, acquires);
+  service.drain(std::chrono::seconds(5));
+  other.drain(std::chrono::seconds(5));
 }

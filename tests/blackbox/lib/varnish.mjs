@@ -45,7 +45,7 @@ export async function startVarnish(backendPort) {
     try {
       port = await listenPort(workdir);
     } catch {
-      // The management process is not answering yet.
+      // The management process does not accept commands yet.
     }
     if (port === null) await sleep(100);
   }
