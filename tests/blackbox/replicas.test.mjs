@@ -94,6 +94,7 @@ describe('three replicas, one Redis, one bucket', { timeout: 180_000 }, () => {
     const states = new Set(responses.map((response) => response.headers['x-pixelgate-cache']));
     assert.ok(states.has('miss'));
     assert.ok((await s3Bytes(cluster, responses[0].headers['x-pixelgate-key'])).equals(first));
+    assert.equal((await cluster.s3.proxy.stats()).signature_failures, 0, 'every S3 request was signed correctly');
   });
 
   test('other replica reads shared store', async () => {

@@ -7,6 +7,7 @@ import { createServer, connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
+import { startS3FaultProxy } from '../../fakes/s3-fault-proxy.mjs';
 import { HOST, sleep } from './harness.mjs';
 
 /** Returns a loopback TCP port that was free a moment ago. */
@@ -86,7 +87,11 @@ export async function startRedis({ port } = {}) {
   return service;
 }
 
-/** Starts s3rver in this process with one bucket; its SigV4 check stays on. */
+/**
+ * Starts s3rver in this process with one bucket, behind tests/fakes/s3-fault-proxy.mjs.
+ * s3rver 3.7 checks only the access key id of a SigV4 request, so the proxy checks every
+ * signature, header or presigned, and forwards the request unchanged. `endpoint` is the proxy.
+ */
 export async function startS3rver({ bucket = 'images' } = {}) {
   const { default: S3rver } = await import('s3rver');
   const directory = await mkdtemp(join(tmpdir(), 'pixelgate-s3rver-'));
@@ -98,13 +103,20 @@ export async function startS3rver({ bucket = 'images' } = {}) {
     configureBuckets: [{ name: bucket }],
   });
   const { port } = await server.run();
+  // s3rver's default credentials.
+  const credentials = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
+  const proxy = await startS3FaultProxy({
+    targetPort: port,
+    accessKey: credentials.accessKeyId,
+    secretKey: credentials.secretAccessKey,
+  });
   return {
-    port,
     bucket,
-    endpoint: `http://${HOST}:${port}`,
-    // s3rver's default credentials.
-    credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
+    endpoint: proxy.baseUrl,
+    credentials,
+    proxy,
     async close() {
+      await proxy.close();
       await server.close();
       await rm(directory, { recursive: true, force: true });
     },
