@@ -395,14 +395,25 @@ describe('S3 storage', { timeout: 120_000 }, () => {
     const wrong = await startGateway('wrong-secret', { prefix: 'plain/' }, { env: { AWS_SECRET_ACCESS_KEY: 'not-the-secret' } });
     try {
       const response = await generate(wrong, 'a kite with bad credentials');
-      assert.equal(response.status, 200, 'the image is still served');
+      assert.equal(response.status, 503, 'a store that rejects the credentials is an outage: no paid generation');
       const stats = await proxy.stats();
-      assert.equal(stats.requests.GET, 1, 'the failed read is not retried');
-      assert.equal(stats.requests.PUT, 1, 'the failed upload is not retried');
-      assert.ok(logLines(wrong, /HTTP 403 SignatureDoesNotMatch: .*check the credentials in AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN/).length >= 2);
+      assert.equal(stats.requests.GET, 1, 'the rejected read is not retried');
+      assert.equal(stats.requests.PUT, undefined);
+      assert.equal(await generations(), 0);
+      assert.equal(logLines(wrong, /^storage: S3 GET plain\/[0-9a-f]{64} failed: HTTP 403 SignatureDoesNotMatch: .*; check the credentials in AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN/).length, 1);
     } finally {
       await wrong.stop();
     }
+  });
+
+  test('rejected upload fails at once, image still served', async () => {
+    await proxy.control({ persistent: { status: 403, methods: ['PUT'] } });
+    const response = await generate(gateway, 'a kite the bucket refused');
+    assert.equal(response.status, 200, response.body.toString());
+    checkCompletePng(response.body);
+    const key = response.headers['x-pixelgate-key'];
+    assert.equal((await proxy.stats()).requests.PUT, 1, 'a 403 is not retried');
+    assert.equal(logLines(gateway, new RegExp(`^storage: storing ${key} .*failed: S3 PUT plain/${key}\\.meta\\.json failed: HTTP 403 AccessDenied: Access Denied; check the credentials`)).length, 1);
   });
 });
 
