@@ -95,6 +95,29 @@ const config::ApiKeyConfig* Gate::find_api_key(std::string_view token) const {
   return found;
 }
 
+core::Status Gate::authorize_admin(std::string_view authorization) const {
+  // Open mode is for loopback development: no route needs credentials there.
+  if (config_.security.mode == "open") return core::Ok{};
+  if (authorization.empty()) {
+    core::Error error{core::ErrorCode::Unauthenticated, "this route needs an API key with the admin scope; send "
+                                                        "Authorization: Bearer <key>", {}, 0};
+    error.response_headers.emplace_back("WWW-Authenticate", "Bearer realm=\"pixelgate\"");
+    return error;
+  }
+  const std::string_view token = bearer_token(authorization);
+  const config::ApiKeyConfig* key = find_api_key(token);
+  if (!key) {
+    spdlog::warn("admission: rejected an invalid API key ending in {} on an admin route", core::redact_secret(token));
+    core::Error error{core::ErrorCode::Unauthenticated, "invalid API key; send Authorization: Bearer <key>", {}, 0};
+    error.response_headers.emplace_back("WWW-Authenticate", "Bearer realm=\"pixelgate\", error=\"invalid_token\"");
+    return error;
+  }
+  if (std::find(key->scopes.begin(), key->scopes.end(), "admin") == key->scopes.end()) {
+    return permission_denied("API key \"" + key->name + "\" lacks the admin scope");
+  }
+  return core::Ok{};
+}
+
 bool Gate::is_public_template(const std::string& template_name) const {
   const auto& list = config_.security.public_templates;
   return std::find(list.begin(), list.end(), template_name) != list.end();

@@ -65,6 +65,11 @@ class Gate final : public core::GenerationGuard {
   // Authenticates the request and applies the request-rate limits.
   Admission admit(const RequestInfo& request, RouteKind route) const;
 
+  // Checks the Authorization header of an admin route: an API key with the
+  // admin scope, or anyone in open mode. Errors: Unauthenticated (with
+  // WWW-Authenticate in response_headers) or PermissionDenied.
+  core::Status authorize_admin(std::string_view authorization) const;
+
   // Returns true when `template_name` may be used without credentials.
   bool is_public_template(const std::string& template_name) const;
 

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "api/cold_start_response.hpp"
 #include "api/errors.hpp"
 #include "api/image_query.hpp"
 #include "api/playground.hpp"
@@ -128,6 +129,10 @@ void App::handle(http::Request&& request, http::Responder responder) {
       if (request.method != "POST") return responder.send(method_not_allowed("POST"));
       return handle_openai_generations(request, responder);
     }
+    if (path == "/admin/status") {
+      if (!read_method) return responder.send(method_not_allowed("GET, HEAD"));
+      return handle_admin_status(request, responder);
+    }
     if (path == "/healthz") {
       if (!read_method) return responder.send(method_not_allowed("GET, HEAD"));
       return responder.send(json_response(200, {{"status", "ok"}}));
@@ -219,7 +224,13 @@ void App::handle_image(const http::Request& request, http::Responder responder, 
       *resolved, request.request_id, admitted->caller,
       [this, responder, policy, if_none_match, placeholder, resolve_ms, started, key,
        template_tag = resolved->spec.template_name,
+       cold_start_placeholder_spec = resolved->cold_start == "placeholder" ? std::optional(resolved->spec) : std::nullopt,
        private_response = !request.header("Authorization").value_or("").empty()](core::Result<generation::ImageOutcome> outcome) {
+        if (!outcome && cold_start_placeholder_spec && outcome.error().code == core::ErrorCode::ColdStart) {
+          if (auto card = cold_start_placeholder(outcome.error(), *cold_start_placeholder_spec)) {
+            return responder.send(std::move(*card));
+          }
+        }
         if (!outcome) return responder.send(error_response(outcome.error()));
         // A fallback's image is not the one this URL names, so no cache may
         // keep it as the response. The next request tries the primary again.

@@ -43,6 +43,7 @@ class App {
   void handle_stored_image(const http::Request& request, http::Responder responder, std::string_view name);
   void handle_openai_generations(const http::Request& request, http::Responder responder);
   void handle_ready(http::Responder responder);
+  void handle_admin_status(const http::Request& request, http::Responder responder);
 
   // In delivery mode "redirect", returns the 302 to the image's public or
   // presigned URL; nullopt in mode "proxy" or when no URL can be made.

@@ -32,6 +32,10 @@ struct GenerateContext {
   // Shared by all calls to this backend; null = retries limited only by
   // max_retries. Adapters ask it before each retry (see allow_retry()).
   RetryBudget* retry_budget = nullptr;
+  // Set by templates with cold_start = "fallback" or "placeholder": how long
+  // this call may wait for a pool instance to start. A pool whose expected
+  // start takes longer starts one anyway and fails at once with ColdStart.
+  std::optional<std::chrono::milliseconds> cold_start_budget;
 
   // Returns true when the backend's retry budget allows one more retry.
   bool allow_retry() const;

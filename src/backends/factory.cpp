@@ -2,6 +2,7 @@
 #include <mutex>
 
 #include "backends/registry.hpp"
+#include "pool/worker_pool_backend.hpp"
 
 namespace pixelgate::backends {
 namespace {
@@ -38,6 +39,7 @@ core::Result<std::unique_ptr<Backend>> make_backend(const config::BackendConfig&
     return core::Error::invalid("backends." + config.name + ".type: backend type \"" + config.type +
                                 "\" is not available in this build");
   }
+  if (config.pool) return pool::make_pool_backend(config, maker);
   return maker(config);
 }
 

@@ -582,7 +582,10 @@ int run_templates(const Arguments& args, const std::vector<std::string>& variabl
   observability::setup_logging("error", "text");
   generation::BackendMap backends;
   for (const auto& [backend_name, backend_config] : config->backends) {
-    auto backend = backends::make_backend(backend_config);
+    // Resolving needs only the adapter's rules, not a pool's running servers.
+    config::BackendConfig adapter_config = backend_config;
+    adapter_config.pool.reset();
+    auto backend = backends::make_backend(adapter_config);
     if (!backend) {
       std::fprintf(stderr, "pixelgate: %s\n", backend.error().message.c_str());
       return kExitUsage;

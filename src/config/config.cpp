@@ -455,6 +455,151 @@ void read_backend(TableReader& reader, BackendConfig& backend, const Environment
   reader.read_int("download_timeout_ms", backend.download_timeout_ms, 100, 3'600'000);
 }
 
+// The self-hosted types that run as a pool, with the default readiness path:
+// a cheap GET that each server answers with 200 once its API is up.
+const std::map<std::string, std::string> kPoolReadyPaths = {
+    {"a1111", "/sdapi/v1/options"}, {"sdcpp", "/sdcpp/v1/capabilities"}, {"comfyui", "/system_stats"}};
+
+// Parses "HH:MM" (00:00 to 23:59) into minutes after midnight.
+bool parse_clock_minute(std::string_view text, int& minute) {
+  if (text.size() != 5 || text[2] != ':') return false;
+  for (std::size_t i : {0, 1, 3, 4}) {
+    if (text[i] < '0' || text[i] > '9') return false;
+  }
+  const int hours = (text[0] - '0') * 10 + (text[1] - '0');
+  const int minutes = (text[3] - '0') * 10 + (text[4] - '0');
+  if (hours > 23 || minutes > 59) return false;
+  minute = hours * 60 + minutes;
+  return true;
+}
+
+void read_pool_env(const toml::node* node, PoolConfig& pool, std::vector<std::string>& errors, const std::string& path) {
+  const toml::table* table = node->as_table();
+  if (!table) {
+    errors.push_back(path + ": must be a table of strings, e.g. { CUDA_VISIBLE_DEVICES = \"0\" }");
+    return;
+  }
+  for (const auto& [key, value] : *table) {
+    const std::string name(key.str());
+    if (!value.is_string()) {
+      errors.push_back(path + "." + name + ": must be a string");
+      continue;
+    }
+    if (name.empty() || name.find('=') != std::string::npos) {
+      errors.push_back(path + "." + name + ": invalid environment variable name");
+      continue;
+    }
+    pool.env[name] = value.as_string()->get();
+  }
+}
+
+void read_port_range(const toml::node* node, PoolConfig& pool, TableReader& reader) {
+  const toml::array* array = node->as_array();
+  if (!array || array->size() != 2 || !(*array)[0].is_integer() || !(*array)[1].is_integer()) {
+    reader.error("port_range", "must be two integers [first, last], e.g. [7860, 7869]");
+    return;
+  }
+  const std::int64_t first = (*array)[0].as_integer()->get();
+  const std::int64_t last = (*array)[1].as_integer()->get();
+  if (first < 1024 || last > 65535 || first > last) {
+    reader.error("port_range", "must satisfy 1024 <= first <= last <= 65535, got [" + std::to_string(first) + ", " +
+                                   std::to_string(last) + "]");
+    return;
+  }
+  pool.port_min = static_cast<int>(first);
+  pool.port_max = static_cast<int>(last);
+}
+
+void read_pool(TableReader& reader, PoolConfig& pool, const std::string& type, const toml::table& table,
+               std::vector<std::string>& errors, const std::string& path) {
+  reader.read_string_array("command", pool.command);
+  if (const toml::node* node = reader.peek("env")) {
+    reader.mark_known("env");
+    read_pool_env(node, pool, errors, path + ".env");
+  }
+  reader.read_string("ready_path", pool.ready_path);
+  reader.read_int("ready_status", pool.ready_status, 100, 599);
+  reader.read_bool("ready_canary", pool.ready_canary);
+  reader.read_int("ready_poll_ms", pool.ready_poll_ms, 10, 60'000);
+  reader.read_int("start_timeout_ms", pool.start_timeout_ms, 100, 3'600'000);
+  reader.read_int("instance_concurrency", pool.instance_concurrency, 1, 1024);
+  reader.read_int("min_instances", pool.min_instances, 0, 64);
+  reader.read_int("max_instances", pool.max_instances, 1, 64);
+  reader.read_int("idle_timeout_ms", pool.idle_timeout_ms, 100, 86'400'000);
+  reader.read_string("warm_schedule", pool.warm_schedule);
+  reader.read_int("restart_backoff_ms", pool.restart_backoff_ms, 10, 3'600'000);
+  reader.read_int("restart_backoff_max_ms", pool.restart_backoff_max_ms, 10, 86'400'000);
+  reader.read_int("queue_size", pool.queue_size, 1, 100'000);
+  reader.read_int("stop_grace_ms", pool.stop_grace_ms, 0, 600'000);
+  reader.read_int("expected_start_ms", pool.expected_start_ms, 0, 3'600'000);
+  if (const toml::node* node = reader.peek("port_range")) {
+    reader.mark_known("port_range");
+    read_port_range(node, pool, reader);
+  }
+  reader.read_string("log_file", pool.log_file);
+
+  auto ready_path = kPoolReadyPaths.find(type);
+  if (ready_path == kPoolReadyPaths.end()) {
+    errors.push_back(path + ": only types a1111, sdcpp and comfyui run as a pool, not \"" + type + "\"");
+    return;
+  }
+  if (pool.command.empty() || pool.command.front().empty()) {
+    reader.error("command", "missing; give the server's argv, e.g. [\"./webui.sh\", \"--api\", \"--port\", \"{port}\"]");
+  } else if (std::none_of(pool.command.begin(), pool.command.end(),
+                          [](const std::string& arg) { return arg.find("{port}") != std::string::npos; })) {
+    reader.error("command", "must contain {port}: pixelgate chooses the port of each instance");
+  }
+  if (pool.ready_canary && table.contains("ready_path")) {
+    reader.error("ready_canary", "replaces ready_path; set only one of them");
+  }
+  if (pool.ready_path.empty()) pool.ready_path = ready_path->second;
+  if (pool.ready_path.front() != '/') reader.error("ready_path", "must start with /, got \"" + pool.ready_path + "\"");
+  // The a1111 and sdcpp adapters hold their server for one generation at a
+  // time, so a higher value would only queue inside the adapter.
+  if (pool.instance_concurrency > 1 && type != "comfyui") {
+    reader.error("instance_concurrency", "must be 1 for type \"" + type + "\": the server runs one generation at a time");
+  }
+  if (pool.min_instances > pool.max_instances) {
+    reader.error("min_instances", "must not be larger than max_instances (" + std::to_string(pool.max_instances) + ")");
+  }
+  if (pool.restart_backoff_max_ms < pool.restart_backoff_ms) {
+    reader.error("restart_backoff_max_ms", "must not be smaller than restart_backoff_ms (" +
+                                               std::to_string(pool.restart_backoff_ms) + ")");
+  }
+  if (!pool.warm_schedule.empty()) {
+    const std::string& text = pool.warm_schedule;
+    const std::size_t dash = text.find('-');
+    if (dash == std::string::npos || !parse_clock_minute(std::string_view(text).substr(0, dash), pool.warm_start_minute) ||
+        !parse_clock_minute(std::string_view(text).substr(dash + 1), pool.warm_end_minute) ||
+        pool.warm_start_minute == pool.warm_end_minute) {
+      pool.warm_start_minute = pool.warm_end_minute = -1;
+      reader.error("warm_schedule", "must be \"HH:MM-HH:MM\" in UTC with two different times, e.g. \"08:00-20:00\", got \"" +
+                                        text + "\"");
+    } else if (pool.min_instances == 0) {
+      reader.error("warm_schedule", "has no effect with min_instances = 0; set min_instances or remove it");
+    }
+  }
+  if (pool.port_min > 0 && pool.port_max - pool.port_min + 1 < pool.max_instances) {
+    reader.error("port_range", "has fewer ports than max_instances (" + std::to_string(pool.max_instances) + ")");
+  }
+}
+
+void read_backend_pool(TableReader& reader, BackendConfig& backend, const toml::table* table,
+                       std::vector<std::string>& errors, const std::string& path) {
+  const toml::node* node = table ? table->get("pool") : nullptr;
+  if (!node) return;
+  reader.mark_known("pool");
+  if (!node->is_table()) {
+    errors.push_back(path + ".pool: must be a table");
+    return;
+  }
+  PoolConfig pool;
+  TableReader pool_reader(node->as_table(), path + ".pool", errors);
+  read_pool(pool_reader, pool, backend.type, *node->as_table(), errors, path + ".pool");
+  pool_reader.finish();
+  backend.pool = std::move(pool);
+}
+
 void validate_backend(TableReader& reader, BackendConfig& backend) {
   if (backend.type.empty()) {
     std::string choices;
@@ -464,7 +609,10 @@ void validate_backend(TableReader& reader, BackendConfig& backend) {
   }
   if (backend.type == "placeholder") return;
 
-  if (backend.base_url.empty()) {
+  if (backend.pool) {
+    // Each instance of a pool gets http://127.0.0.1:{port}; a configured URL would be ignored.
+    if (!backend.base_url.empty()) reader.error("base_url", "must not be set with [pool]; instances listen on 127.0.0.1");
+  } else if (backend.base_url.empty()) {
     reader.error("base_url", "missing; set the API's base URL (pixelgate has no built-in provider host)");
   } else if (backend.base_url.rfind("http://", 0) != 0 && backend.base_url.rfind("https://", 0) != 0) {
     reader.error("base_url", "must start with http:// or https://, got \"" + backend.base_url + "\"");
@@ -557,6 +705,14 @@ void read_template(TableReader& reader, TemplateConfig& tmpl, const toml::table*
   reader.read_string("sampler", tmpl.sampler);
   reader.read_string("version", tmpl.version);
   reader.read_string_array("fallbacks", tmpl.fallbacks);
+  reader.read_string("cold_start", tmpl.cold_start, {"wait", "fallback", "placeholder"});
+  reader.read_int("max_cold_start_ms", tmpl.max_cold_start_ms, 0, 3'600'000);
+  if (tmpl.cold_start == "wait" && reader.peek("max_cold_start_ms")) {
+    reader.error("max_cold_start_ms", "is only used with cold_start = \"fallback\" or \"placeholder\"");
+  }
+  if (tmpl.cold_start == "fallback" && tmpl.fallbacks.empty()) {
+    reader.error("cold_start", "\"fallback\" needs at least one backend in fallbacks");
+  }
   if (tmpl.prompt.find("{prompt}") == std::string::npos) {
     reader.error("prompt", "must contain {prompt}, got \"" + tmpl.prompt + "\"");
   }
@@ -870,6 +1026,7 @@ core::Result<Config> load(const std::string& toml_text, const std::string& sourc
     BackendConfig backend;
     backend.name = name;
     read_backend(reader, backend, env);
+    read_backend_pool(reader, backend, root["backends"][name].as_table(), errors, "backends." + name);
     validate_backend(reader, backend);
     config.backends.emplace(name, std::move(backend));
   });
@@ -895,6 +1052,12 @@ core::Result<Config> load(const std::string& toml_text, const std::string& sourc
     }
     if (!tmpl.backend.empty() && !config.backends.count(tmpl.backend)) {
       reader.error("backend", "\"" + tmpl.backend + "\" is not defined under [backends]");
+    }
+    const std::string primary = tmpl.backend.empty() ? config.default_backend : tmpl.backend;
+    auto primary_it = config.backends.find(primary);
+    if (tmpl.cold_start != "wait" && primary_it != config.backends.end() && !primary_it->second.pool) {
+      reader.error("cold_start", "applies only when the template's backend has [backends." + primary +
+                                     ".pool]; \"" + primary + "\" has none");
     }
     config.templates.emplace(name, std::move(tmpl));
   });

@@ -166,6 +166,36 @@ struct LoggingConfig {
 inline const std::set<std::string> kBackendTypes = {"openai",    "placeholder", "stability", "bedrock", "replicate",
                                                     "fal",       "a1111",       "comfyui",   "sdcpp"};
 
+// A pool of self-hosted model servers that pixelgate starts and stops itself
+// ([backends.NAME.pool]), for types a1111, sdcpp and comfyui. Each instance
+// listens on http://127.0.0.1:{port}; docs/pools.md describes the lifecycle.
+struct PoolConfig {
+  // argv of one instance, run without a shell; "{port}" and "{model}" in any
+  // element (and in env values) are replaced per instance.
+  std::vector<std::string> command;
+  std::map<std::string, std::string> env;  // added to pixelgate's environment
+  std::string ready_path;    // empty = the type's default (a1111: /sdapi/v1/options)
+  int ready_status = 200;    // the status ready_path must return
+  bool ready_canary = false; // ready after one small generation succeeds instead
+  int ready_poll_ms = 200;   // time between readiness probes
+  int start_timeout_ms = 120'000;  // spawn to ready; past it the process group is killed
+  int instance_concurrency = 1;    // generations sent to one instance at once
+  int min_instances = 0;           // kept running (within warm_schedule); 0 = scale to zero
+  int max_instances = 1;
+  int idle_timeout_ms = 300'000;   // an instance with no generation for this long is stopped
+  std::string warm_schedule;       // "HH:MM-HH:MM" UTC; empty = min_instances always applies
+  int warm_start_minute = -1;      // warm_schedule parsed: minutes after 00:00 UTC, -1 = none
+  int warm_end_minute = -1;
+  int restart_backoff_ms = 1'000;       // first delay before restarting after a crash
+  int restart_backoff_max_ms = 60'000;  // cap; the delay doubles per consecutive failure
+  int queue_size = 16;                  // requests waiting for a free instance
+  int stop_grace_ms = 10'000;           // SIGTERM, then SIGKILL after this long
+  int expected_start_ms = 0;  // cold start estimate before any was measured; 0 = start_timeout_ms
+  int port_min = 0;           // port_range = [min, max]; 0 = a free port from the kernel
+  int port_max = 0;
+  std::string log_file;       // child output appended here; empty = pixelgate's log
+};
+
 struct BackendConfig {
   std::string name;
   std::string type;  // one of kBackendTypes
@@ -190,6 +220,7 @@ struct BackendConfig {
   int queue_size = 256;              // calls waiting for a concurrency slot
   int failure_threshold = 5;         // consecutive failures that open the circuit breaker
   int open_ms = 30'000;              // how long an open circuit rejects calls before a probe
+  std::optional<PoolConfig> pool;    // set by [backends.NAME.pool]; base_url is then per instance
 };
 
 // A named value a request may set for a template, as ?NAME=VALUE.
@@ -224,6 +255,12 @@ struct TemplateConfig {
   // Backends tried in order when the primary one is unavailable, rate
   // limited, timed out or failing; each must accept the template's size.
   std::vector<std::string> fallbacks;
+  // What a request does when the primary backend is a pool with no ready
+  // instance: "wait" for the start, or, when the expected start takes longer
+  // than max_cold_start_ms, "fallback" (try the fallbacks) or "placeholder"
+  // (the fallbacks, then a short-lived placeholder image).
+  std::string cold_start = "wait";
+  int max_cold_start_ms = 0;
 };
 
 struct Config {

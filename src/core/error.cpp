@@ -14,6 +14,7 @@ std::string_view to_string(ErrorCode code) noexcept {
     case ErrorCode::BudgetExhausted: return "budget_exhausted";
     case ErrorCode::ContentRefused: return "content_refused";
     case ErrorCode::Unavailable: return "unavailable";
+    case ErrorCode::ColdStart: return "cold_start";
     case ErrorCode::DeadlineExceeded: return "timed_out";
     case ErrorCode::BadGateway: return "backend_failed";
     case ErrorCode::Internal: return "internal";
@@ -35,13 +36,14 @@ int http_status(ErrorCode code) noexcept {
     case ErrorCode::Internal: return 500;
     case ErrorCode::BadGateway: return 502;
     case ErrorCode::Unavailable: return 503;
+    case ErrorCode::ColdStart: return 503;
     case ErrorCode::DeadlineExceeded: return 504;
   }
   return 500;
 }
 
 bool is_retryable(ErrorCode code) noexcept {
-  return code == ErrorCode::Unavailable || code == ErrorCode::ResourceExhausted ||
+  return code == ErrorCode::Unavailable || code == ErrorCode::ColdStart || code == ErrorCode::ResourceExhausted ||
          code == ErrorCode::DeadlineExceeded || code == ErrorCode::BadGateway;
 }
 

@@ -25,6 +25,7 @@ enum class ErrorCode {
   BudgetExhausted,     // a spend budget is used up until its period ends (429)
   ContentRefused,      // the provider refused the prompt; retrying does not help (422)
   Unavailable,         // overloaded or not ready; retry after the given delay (503)
+  ColdStart,           // a self-hosted pool is starting an instance; retry after the given delay (503)
   DeadlineExceeded,    // a timeout on our side or upstream (504)
   BadGateway,          // the backend failed or returned something unusable (502)
   Internal,            // a bug or an unexpected state (500)

@@ -5,7 +5,8 @@
 namespace pixelgate::generation {
 
 bool is_backend_failure(core::ErrorCode code) noexcept {
-  return code == core::ErrorCode::Unavailable || code == core::ErrorCode::ResourceExhausted ||
+  return code == core::ErrorCode::Unavailable || code == core::ErrorCode::ColdStart ||
+         code == core::ErrorCode::ResourceExhausted ||
          code == core::ErrorCode::DeadlineExceeded || code == core::ErrorCode::BadGateway;
 }
 

@@ -82,7 +82,7 @@ class BackendHealth {
 };
 
 // Returns true for errors that show the backend, not the request, is the problem, so
-// another backend may succeed: Unavailable, ResourceExhausted,
+// another backend may succeed: Unavailable, ColdStart, ResourceExhausted,
 // DeadlineExceeded and BadGateway.
 bool is_backend_failure(core::ErrorCode code) noexcept;
 

@@ -321,11 +321,14 @@ core::Result<ImageOutcome> ImageService::generate(const ResolvedRequest& resolve
   }
 
   std::vector<Candidate> candidates;
-  candidates.push_back({resolved.spec, resolved.key, resolved.backend});
+  candidates.push_back({resolved.spec, resolved.key, resolved.backend, resolved.cold_start_budget});
   candidates.insert(candidates.end(), resolved.fallbacks.begin(), resolved.fallbacks.end());
   const auto deadline = Clock::now() + options_.generation_timeout;
 
   std::optional<core::Error> last_error;
+  // A pool that is warming up tells the client when to retry, which is more
+  // use than a fallback's failure.
+  std::optional<core::Error> cold_start;
   for (std::size_t i = 0; i < candidates.size(); ++i) {
     const Candidate& candidate = candidates[i];
     const bool fallback = i > 0;
@@ -355,9 +358,10 @@ core::Result<ImageOutcome> ImageService::generate(const ResolvedRequest& resolve
     if (!is_backend_failure(error.code) || rejected_by_guard) {
       return outcome;
     }
+    if (error.code == core::ErrorCode::ColdStart && !cold_start) cold_start = error;
     last_error = error;
   }
-  return *last_error;
+  return cold_start ? *cold_start : *last_error;
 }
 
 core::Result<ImageOutcome> ImageService::attempt(const Candidate& candidate, const std::string& request_id,
@@ -401,7 +405,9 @@ core::Result<ImageOutcome> ImageService::attempt(const Candidate& candidate, con
   }
   if (limiter) limiter->release();
   if (breaker) {
-    if (!outcome && is_backend_failure(outcome.error().code)) {
+    // A pool that is starting an instance is not failing; recording success
+    // also releases a half-open probe.
+    if (!outcome && is_backend_failure(outcome.error().code) && outcome.error().code != core::ErrorCode::ColdStart) {
       breaker->record_failure();
     } else {
       breaker->record_success();
@@ -424,6 +430,7 @@ core::Result<ImageOutcome> ImageService::call_backend(const Candidate& resolved,
                spec.backend, spec.model, spec.width, spec.height);
 
   backends::GenerateContext context{request_id, deadline};
+  context.cold_start_budget = resolved.cold_start_budget;
   if (options_.health) {
     context.retry_budget = options_.health->retry_budget(spec.backend);
     if (context.retry_budget) context.retry_budget->record_call();

@@ -94,6 +94,8 @@ class ImageService {
 
   std::size_t in_flight() const;
 
+  const storage::HotCache& hot_cache() const { return hot_cache_; }
+
  private:
   struct Waiter {
     Completion done;

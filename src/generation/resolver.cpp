@@ -168,6 +168,7 @@ core::Result<Candidate> Resolver::build_candidate(const ImageRequest& request, c
   candidate.key = cache_key(spec);
   candidate.spec = std::move(spec);
   candidate.backend = &backend;
+  if (tmpl.cold_start != "wait") candidate.cold_start_budget = std::chrono::milliseconds(tmpl.max_cold_start_ms);
   return candidate;
 }
 
@@ -224,6 +225,8 @@ core::Result<ResolvedRequest> Resolver::resolve(const ImageRequest& request) con
   resolved.spec = std::move(primary->spec);
   resolved.key = std::move(primary->key);
   resolved.backend = primary->backend;
+  resolved.cold_start = tmpl.cold_start;
+  resolved.cold_start_budget = primary->cold_start_budget;
 
   // A fallback that cannot take this request (another size rule, say) is
   // left out rather than failing the request.

@@ -20,6 +20,8 @@ struct Candidate {
   core::GenerationSpec spec;
   std::string key;
   backends::Backend* backend = nullptr;
+  // The template's max_cold_start_ms, unless its cold_start is "wait".
+  std::optional<std::chrono::milliseconds> cold_start_budget;
 };
 
 // The primary candidate, whose key names the image, and the template's
@@ -29,6 +31,8 @@ struct ResolvedRequest {
   std::string key;
   backends::Backend* backend = nullptr;
   std::vector<Candidate> fallbacks;
+  std::string cold_start = "wait";  // the template's cold_start policy
+  std::optional<std::chrono::milliseconds> cold_start_budget;
 };
 
 using BackendMap = std::map<std::string, std::unique_ptr<backends::Backend>>;
