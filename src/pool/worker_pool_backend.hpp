@@ -100,6 +100,15 @@ class PoolBackend final : public backends::Backend {
   // Manager thread.
   void run_manager();
   void tick(std::vector<std::unique_ptr<Instance>>& removed);
+  void reap_exits(Clock::time_point now);
+  void enforce_deadlines(Clock::time_point now);
+  void end_crash_loop(Clock::time_point now);
+  void stop_idle_instances(Clock::time_point now);
+  void run_due_restarts(Clock::time_point now);
+  void start_for_min_and_demand(Clock::time_point now);
+  void collect_exited(std::vector<std::unique_ptr<Instance>>& removed);
+  int live_count() const;   // starting and ready instances
+  int total_count() const;  // instances with a process, plus scheduled restarts
   void handle_exit(Instance& instance, const ExitStatus& exit, Clock::time_point now);
   void start_instance(Clock::time_point requested_at, bool restart);
   void schedule_restart(const std::string& reason, Clock::time_point now);
