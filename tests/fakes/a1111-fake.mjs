@@ -2,16 +2,20 @@
 // Fake AUTOMATIC1111 web UI API (POST /sdapi/v1/txt2img) for pixelgate's black-box tests.
 //
 //   node tests/fakes/a1111-fake.mjs [--port 0] [--auth user:password] [--verbose]
+//        [--startup-delay-ms N] [--latency-ms N] [--crash-after N] [--hang start|requests]
+//        [--stats-file PATH]
 //
 // It listens on 127.0.0.1 only and prints {"port": N} once listening. Like the real web UI
 // it runs one generation at a time, and it fails loudly when calls overlap: the overlapping
-// call gets 500 and /__stats records a violation. tests/fakes/README.md describes the
-// control API.
+// call gets 500 and /__stats records a violation. The other flags let pixelgate's worker
+// pools start it as a child process (see tests/fakes/README.md, which also describes the
+// control API).
 
 import { createServer } from 'node:http';
 import { pathToFileURL } from 'node:url';
 
 import { renderImagePng } from './openai-fake.mjs';
+import { parseChildOptions, startStatsFile } from './child-options.mjs';
 
 const HOST = '127.0.0.1';
 const MAX_BODY_BYTES = 1024 * 1024;
@@ -64,10 +68,21 @@ function typeError(name, value) {
 }
 
 export class FakeA1111 {
-  constructor({ auth = null, verbose = false } = {}) {
+  /**
+   * `latencyMs` is the default delay of every txt2img call. `crashAfter` makes the process
+   * call `exit()` once that many generation responses have been sent. `hang` is 'start' (no
+   * request gets a response) or 'requests' (txt2img calls get none). `onChange`
+   * runs after every change of the counters.
+   */
+  constructor({ auth = null, verbose = false, latencyMs = 0, crashAfter = null, hang = null, onChange = null, exit = null } = {}) {
     this.auth = auth;
     this.verbose = verbose;
-    this.settings = defaultSettings();
+    this.latencyMs = latencyMs;
+    this.crashAfter = crashAfter;
+    this.hang = hang;
+    this.onChange = onChange ?? (() => {});
+    this.exit = exit ?? (() => {});
+    this.settings = { ...defaultSettings(), delay_ms: latencyMs };
     this.resetCounters();
     this.pending = new Set();
   }
@@ -79,14 +94,19 @@ export class FakeA1111 {
   async handle(req, res) {
     const url = new URL(req.url, `http://${HOST}`);
     if (this.verbose) process.stderr.write(`a1111-fake: ${req.method} ${url.pathname}\n`);
+    if (this.hang === 'start') return; // A server stuck while loading sends no response at all.
     if (url.pathname === '/__stats' && req.method === 'GET') return sendJson(res, 200, this.stats);
     if (url.pathname === '/__reset' && req.method === 'POST') {
       await readBody(req);
-      this.settings = defaultSettings();
+      this.settings = { ...defaultSettings(), delay_ms: this.latencyMs };
       this.resetCounters();
       return sendJson(res, 200, this.settings);
     }
     if (url.pathname === '/__control') return this.control(req, res);
+    if (url.pathname === '/sdapi/v1/options' && req.method === 'GET') {
+      // A few of the web UI's settings; pixelgate's pools poll this route for readiness.
+      return sendJson(res, 200, { sd_model_checkpoint: 'fake-model.safetensors [0000000000]', samples_format: 'png', CLIP_stop_at_last_layers: 1 });
+    }
     if (url.pathname === '/sdapi/v1/samplers' && req.method === 'GET') {
       return sendJson(res, 200, SAMPLERS.map((name) => ({ name, aliases: [], options: {} })));
     }
@@ -123,11 +143,13 @@ export class FakeA1111 {
     this.stats.txt2img++;
     this.stats.in_flight++;
     this.stats.max_concurrent = Math.max(this.stats.max_concurrent, this.stats.in_flight);
+    this.onChange();
     let ended = false;
     const finish = () => {
       if (!ended) {
         ended = true;
         this.stats.in_flight--;
+        this.onChange();
       }
     };
     res.on('close', finish);
@@ -156,6 +178,7 @@ export class FakeA1111 {
         return sendJson(res, 401, { detail: 'Incorrect username or password' }, { 'www-authenticate': 'Basic' });
       }
     }
+    if (this.hang === 'requests') return; // Ends only when the client gives up or the fake stops.
     const entry = this.settings.script.shift();
     const delay = entry?.delay_ms ?? this.settings.delay_ms;
     if (entry?.kind === 'hang') return; // Ends only when the client gives up or the fake stops.
@@ -191,6 +214,10 @@ export class FakeA1111 {
     const images = entry?.kind === 'empty_images' ? [] : [encoded];
     const info = { prompt, negative_prompt: body.negative_prompt ?? '', seed, all_seeds: [seed], width, height, sampler_name: body.sampler_name ?? 'Euler a', cfg_scale: body.cfg_scale ?? 7, steps: body.steps ?? 50, batch_size: 1, job_timestamp: new Date().toISOString().replace(/\D/g, '').slice(0, 14) };
     this.stats.completed++;
+    if (this.crashAfter !== null && this.stats.completed >= this.crashAfter) {
+      // Exits once the response has been handed to the kernel, as a server that crashes between jobs.
+      res.once('finish', () => this.exit(this.stats.completed));
+    }
     return sendJson(res, 200, { images, parameters: body, info: JSON.stringify(info) });
   }
 
@@ -207,8 +234,8 @@ export class FakeA1111 {
   }
 }
 
-export async function startFakeServer({ port = 0, auth = null, verbose = false } = {}) {
-  const fake = new FakeA1111({ auth, verbose });
+export async function startFakeServer({ port = 0, auth = null, verbose = false, ...childOptions } = {}) {
+  const fake = new FakeA1111({ auth, verbose, ...childOptions });
   const server = createServer((req, res) => {
     fake.handle(req, res).catch((error) => {
       process.stderr.write(`a1111-fake: unexpected error on ${req.method} ${req.url}: ${error.stack ?? error}\n`);
@@ -229,13 +256,13 @@ export async function startFakeServer({ port = 0, auth = null, verbose = false }
 
 function parseArguments(argv) {
   const options = { port: 0, auth: null, verbose: false };
+  const rest = [];
   for (let i = 0; i < argv.length; i++) {
-    if (argv[i] === '--port' && /^\d+$/.test(argv[i + 1] ?? '')) options.port = Number(argv[++i]);
-    else if (argv[i] === '--auth' && (argv[i + 1] ?? '').includes(':')) options.auth = argv[++i];
+    if (argv[i] === '--auth' && (argv[i + 1] ?? '').includes(':')) options.auth = argv[++i];
     else if (argv[i] === '--verbose') options.verbose = true;
-    else throw new Error(`unknown or malformed argument ${JSON.stringify(argv[i])}; use --port N, --auth user:password, --verbose`);
+    else rest.push(argv[i]);
   }
-  return options;
+  return { ...options, ...parseChildOptions(rest, '--auth user:password, --verbose') };
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
@@ -246,9 +273,23 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
     process.stderr.write(`a1111-fake: ${error.message}\n`);
     process.exit(2);
   }
-  const { port, close } = await startFakeServer(options);
-  process.stdout.write(`${JSON.stringify({ port })}\n`);
+  const stats = startStatsFile(options.statsFile);
+  for (const signal of ['SIGTERM', 'SIGINT']) process.on(signal, () => process.exit(0));
+  if (options.startupDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, options.startupDelayMs));
+  let server = null;
+  server = await startFakeServer({
+    ...options,
+    onChange: () => stats.update(server?.fake.stats),
+    exit: (completed) => {
+      stats.update(server.fake.stats, { crashed_after: completed });
+      process.stderr.write(`a1111-fake: exiting after ${completed} generation(s) (--crash-after)\n`);
+      process.exit(3);
+    },
+  });
+  stats.listening(server.port, server.fake.stats);
+  process.stdout.write(`${JSON.stringify({ port: server.port })}\n`);
   for (const signal of ['SIGTERM', 'SIGINT']) {
-    process.on(signal, () => close().then(() => process.exit(0)));
+    process.removeAllListeners(signal);
+    process.on(signal, () => server.close().then(() => process.exit(0)));
   }
 }

@@ -2,17 +2,20 @@
 // Fake stable-diffusion.cpp sd-server, native async API (POST /sdcpp/v1/img_gen,
 // GET /sdcpp/v1/jobs/{id}, POST /sdcpp/v1/jobs/{id}/cancel), for pixelgate's black-box tests.
 //
-//   node tests/fakes/sdcpp-fake.mjs [--port 0] [--verbose]
+//   node tests/fakes/sdcpp-fake.mjs [--port 0] [--verbose] [--startup-delay-ms N]
+//        [--latency-ms N] [--crash-after N] [--hang start|requests] [--stats-file PATH]
 //
 // It listens on 127.0.0.1 only and prints {"port": N} once listening. Like sd-server it runs
 // one job at a time. It fails loudly when a client submits a job while another of its jobs
-// is queued or generating: that submission gets 500 and /__stats records a violation.
-// tests/fakes/README.md describes the control API.
+// is queued or generating: that submission gets 500 and /__stats records a violation. The
+// other flags let pixelgate's worker pools start it as a child process.
+// tests/fakes/README.md describes them and the control API.
 
 import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
 import { pathToFileURL } from 'node:url';
 
+import { parseChildOptions, startStatsFile } from './child-options.mjs';
 import { renderImagePng } from './openai-fake.mjs';
 
 const HOST = '127.0.0.1';
@@ -66,9 +69,20 @@ function defaultSettings() {
 }
 
 export class FakeSdCpp {
-  constructor({ verbose = false } = {}) {
+  /**
+   * `latencyMs` is the default time a job generates. `crashAfter` makes the process call
+   * `exit()` once that many completed jobs have been read by a poll. `hang` is 'start' (no
+   * request gets a response) or 'requests' (submissions get none). `onChange`
+   * runs after every change of the counters.
+   */
+  constructor({ verbose = false, latencyMs = 0, crashAfter = null, hang = null, onChange = null, exit = null } = {}) {
     this.verbose = verbose;
-    this.settings = defaultSettings();
+    this.latencyMs = latencyMs;
+    this.crashAfter = crashAfter;
+    this.hang = hang;
+    this.onChange = onChange ?? (() => {});
+    this.exit = exit ?? (() => {});
+    this.settings = { ...defaultSettings(), delay_ms: latencyMs };
     this.jobs = new Map();
     this.queue = [];
     this.running = null;
@@ -76,7 +90,7 @@ export class FakeSdCpp {
   }
 
   resetCounters() {
-    this.stats = { submissions: 0, accepted: 0, polls: 0, cancels: 0, completed: 0, max_concurrent: 0, violations: [], last_request: null };
+    this.stats = { submissions: 0, accepted: 0, polls: 0, cancels: 0, completed: 0, delivered: 0, max_concurrent: 0, violations: [], last_request: null };
   }
 
   pendingJobs() {
@@ -87,10 +101,11 @@ export class FakeSdCpp {
     const url = new URL(req.url, `http://${HOST}`);
     if (this.verbose) process.stderr.write(`sdcpp-fake: ${req.method} ${url.pathname}\n`);
     const route = `${req.method} ${url.pathname}`;
+    if (this.hang === 'start') return; // A server stuck while loading sends no response at all.
     if (route === 'GET /__stats') return sendJson(res, 200, this.stats);
     if (route === 'POST /__reset') {
       await readBody(req);
-      this.settings = defaultSettings();
+      this.settings = { ...defaultSettings(), delay_ms: this.latencyMs };
       this.resetCounters();
       return sendJson(res, 200, this.settings);
     }
@@ -121,6 +136,8 @@ export class FakeSdCpp {
 
   async submit(req, res) {
     this.stats.submissions++;
+    this.onChange();
+    if (this.hang === 'requests') return; // Ends only when the client gives up or the fake stops.
     const text = await readBody(req);
     if (!text) return sendJson(res, 400, { error: 'empty body' });
     let body;
@@ -150,6 +167,7 @@ export class FakeSdCpp {
     this.queue.push(id);
     this.stats.accepted++;
     this.stats.max_concurrent = Math.max(this.stats.max_concurrent, this.pendingJobs().length);
+    this.onChange();
     this.runNext();
     return sendJson(res, 202, { id, kind: 'img_gen', status: 'queued', created: job.created, poll_url: `/sdcpp/v1/jobs/${id}` });
   }
@@ -185,6 +203,7 @@ export class FakeSdCpp {
       job.result = { output_format: 'png', images: kind === 'no_images' ? [] : [{ index: 0, b64_json: png.toString('base64') }] };
       this.stats.completed++;
     }
+    this.onChange();
     this.running = null;
     this.runNext();
   }
@@ -199,7 +218,16 @@ export class FakeSdCpp {
       this.runNext();
       return sendJson(res, 410, { error: 'job expired' });
     }
-    const { body, entry, ...visible } = job;
+    const { body, entry, delivered, ...visible } = job;
+    if (job.status === 'completed' && !delivered) {
+      job.delivered = true;
+      this.stats.delivered++;
+      this.onChange();
+      if (this.crashAfter !== null && this.stats.delivered >= this.crashAfter) {
+        // Exits once the result has been handed to the kernel, as a server that crashes between jobs.
+        res.once('finish', () => this.exit(this.stats.delivered));
+      }
+    }
     return sendJson(res, 200, visible);
   }
 
@@ -218,8 +246,8 @@ export class FakeSdCpp {
   }
 }
 
-export async function startFakeServer({ port = 0, verbose = false } = {}) {
-  const fake = new FakeSdCpp({ verbose });
+export async function startFakeServer({ port = 0, verbose = false, ...childOptions } = {}) {
+  const fake = new FakeSdCpp({ verbose, ...childOptions });
   const server = createServer((req, res) => {
     fake.handle(req, res).catch((error) => {
       process.stderr.write(`sdcpp-fake: unexpected error on ${req.method} ${req.url}: ${error.stack ?? error}\n`);
@@ -240,14 +268,30 @@ export async function startFakeServer({ port = 0, verbose = false } = {}) {
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   const args = process.argv.slice(2);
-  const options = { port: 0, verbose: args.includes('--verbose') };
-  const portIndex = args.indexOf('--port');
-  if (portIndex >= 0) options.port = Number(args[portIndex + 1]);
-  if (!Number.isInteger(options.port) || options.port < 0 || options.port > 65535) {
-    process.stderr.write('sdcpp-fake: --port must be an integer from 0 to 65535\n');
+  let options;
+  try {
+    options = { ...parseChildOptions(args.filter((arg) => arg !== '--verbose'), '--verbose'), verbose: args.includes('--verbose') };
+  } catch (error) {
+    process.stderr.write(`sdcpp-fake: ${error.message}\n`);
     process.exit(2);
   }
-  const { port, close } = await startFakeServer(options);
-  process.stdout.write(`${JSON.stringify({ port })}\n`);
-  for (const signal of ['SIGTERM', 'SIGINT']) process.on(signal, () => close().then(() => process.exit(0)));
+  const stats = startStatsFile(options.statsFile);
+  for (const signal of ['SIGTERM', 'SIGINT']) process.on(signal, () => process.exit(0));
+  if (options.startupDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, options.startupDelayMs));
+  let server = null;
+  server = await startFakeServer({
+    ...options,
+    onChange: () => stats.update(server?.fake.stats),
+    exit: (delivered) => {
+      stats.update(server.fake.stats, { crashed_after: delivered });
+      process.stderr.write(`sdcpp-fake: exiting after ${delivered} delivered job(s) (--crash-after)\n`);
+      process.exit(3);
+    },
+  });
+  stats.listening(server.port, server.fake.stats);
+  process.stdout.write(`${JSON.stringify({ port: server.port })}\n`);
+  for (const signal of ['SIGTERM', 'SIGINT']) {
+    process.removeAllListeners(signal);
+    process.on(signal, () => server.close().then(() => process.exit(0)));
+  }
 }
