@@ -1,5 +1,6 @@
 #include "http/server.hpp"
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <ctime>
@@ -23,37 +24,6 @@ namespace beast = boost::beast;
 namespace bhttp = boost::beast::http;
 using tcp = asio::ip::tcp;
 using Clock = std::chrono::steady_clock;
-
-// A Beast body that sends a shared, immutable string without copying it, so a
-// cached image can go to many connections at once.
-struct SharedBytesBody {
-  using value_type = std::shared_ptr<const std::string>;
-
-  static std::uint64_t size(const value_type& body) { return body ? body->size() : 0; }
-
-  class writer {
-   public:
-    using const_buffers_type = asio::const_buffer;
-
-    template <bool IsRequest, class Fields>
-    writer(const bhttp::header<IsRequest, Fields>&, const value_type& body) : body_(body) {}
-
-    void init(beast::error_code& ec) { ec = {}; }
-
-    boost::optional<std::pair<const_buffers_type, bool>> get(beast::error_code& ec) {
-      ec = {};
-      if (done_ || !body_ || body_->empty()) return boost::none;
-      done_ = true;
-      return {{asio::const_buffer(body_->data(), body_->size()), false}};
-    }
-
-   private:
-    const value_type& body_;
-    bool done_ = false;
-  };
-};
-
-using BeastResponse = bhttp::response<SharedBytesBody>;
 
 // Returns the IMF-fixdate for now, formatted at most once per second per thread.
 const std::string& http_date() {
@@ -92,6 +62,13 @@ std::string new_request_id() {
 
 }  // namespace
 
+using Strand = asio::strand<asio::io_context::executor_type>;
+// Sockets and streams bound to a concrete strand type instead of
+// any_io_executor, whose type erasure copied and allocated executors on
+// every operation.
+using StrandSocket = asio::basic_stream_socket<tcp, Strand>;
+using StrandStream = beast::basic_stream<tcp, Strand>;
+
 class Session;
 
 struct Server::Impl {
@@ -112,7 +89,7 @@ struct Server::Impl {
       : options(std::move(o)), handler(std::move(h)), access_logger(std::move(a)) {}
 
   void accept();
-  void reject_connection(tcp::socket socket);
+  void reject_connection(std::shared_ptr<StrandSocket> socket);
   std::list<std::weak_ptr<Session>>::iterator register_session(const std::shared_ptr<Session>& session);
   void unregister_session(std::list<std::weak_ptr<Session>>::iterator it);
 
@@ -141,8 +118,8 @@ struct Server::Impl {
 // pipelined requests get their responses in order.
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket socket, Server::Impl& server)
-      : stream_(std::move(socket)), server_(server) {
+  Session(StrandSocket socket, Server::Impl& server)
+      : stream_(std::move(socket)), strand_(stream_.get_executor()), server_(server) {
     beast::error_code ec;
     const auto endpoint = stream_.socket().remote_endpoint(ec);
     if (!ec) remote_address_ = endpoint.address().to_string();
@@ -324,12 +301,12 @@ class Session : public std::enable_shared_from_this<Session> {
     request_.received_at = request.received_at;
     parser_.reset();
 
-    // The handler may respond inline or later from another thread; either way
-    // the write is posted back onto this connection's strand.
+    // The handler may respond inline, on this strand, or later from another
+    // thread. dispatch() writes at once in the first case and queues the
+    // write onto the strand in the second.
     std::weak_ptr<Session> weak = shared_from_this();
-    auto executor = stream_.get_executor();
-    Responder responder([weak, executor](Response&& response) {
-      asio::post(executor, [weak, response = std::move(response)]() mutable {
+    Responder responder([weak, strand = strand_](Response&& response) {
+      asio::dispatch(strand, [weak, response = std::move(response)]() mutable {
         if (auto self = weak.lock()) self->write(std::move(response));
       });
     });
@@ -349,31 +326,75 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void write(Response&& response) {
     in_flight_.reset();
-    auto message = std::make_shared<BeastResponse>();
-    message->result(static_cast<unsigned>(response.status));
-    message->version(11);
-    message->set(bhttp::field::server, "pixelgate");
-    message->set(bhttp::field::date, http_date());
-    for (auto& header : response.headers) message->insert(header.name, header.value);
-    if (!response.header("X-Request-Id")) message->set("X-Request-Id", request_.request_id);
     if (server_.stopping.load() || closing_) keep_alive_ = false;
-    message->keep_alive(keep_alive_);
-
     const std::uint64_t body_bytes = response.body ? response.body->size() : 0;
-    if (!head_) message->body() = std::move(response.body);
+
+    // The head is serialized here into one reused buffer rather than through
+    // Beast's serializer, which allocates a node per field and walks many
+    // small buffers per response; on cache hits that was the largest cost.
+    std::string& head = head_buffer_;
+    head.clear();
+    head += "HTTP/1.1 ";
+    head += std::to_string(response.status);
+    head += ' ';
+    head += bhttp::obsolete_reason(static_cast<bhttp::status>(response.status));
+    head += "\r\nServer: pixelgate\r\nDate: ";
+    head += http_date();
+    head += "\r\n";
+    bool has_request_id = false;
+    for (const auto& header : response.headers) {
+      if (!is_valid_field(header.name, header.value)) {
+        spdlog::error("http: dropped response header \"{}\" of request {}: it contains a line break or is empty",
+                      header.name, request_.request_id);
+        continue;
+      }
+      has_request_id = has_request_id || iequals(header.name, "X-Request-Id");
+      append_field(head, header.name, header.value);
+    }
+    if (!has_request_id) append_field(head, "X-Request-Id", request_.request_id);
+    if (!keep_alive_) append_field(head, "Connection", "close");
     // A 304 must not claim a length other than the 200's, and 204 has none,
     // so neither gets Content-Length. HEAD gets the length of the GET body.
-    if (response.status != 304 && response.status != 204) message->content_length(body_bytes);
+    if (response.status != 304 && response.status != 204) {
+      append_field(head, "Content-Length", std::to_string(body_bytes));
+    }
+    head += "\r\n";
 
     record_.status = response.status;
     record_.body_bytes = head_ ? 0 : body_bytes;
     const auto cache = response.header("X-Pixelgate-Cache");
     record_.cache_state = cache ? std::string(*cache) : std::string{};
 
+    // The body stays alive in the session until the write completes.
+    body_ = head_ ? nullptr : std::move(response.body);
+    std::array<asio::const_buffer, 2> buffers{asio::buffer(head), asio::const_buffer()};
+    if (body_) buffers[1] = asio::buffer(*body_);
     stream_.expires_after(std::chrono::milliseconds(server_.options.write_timeout_ms));
-    bhttp::async_write(stream_, *message, [self = shared_from_this(), message](beast::error_code ec, std::size_t) {
+    asio::async_write(stream_, buffers, [self = shared_from_this()](beast::error_code ec, std::size_t) {
+      self->body_.reset();
       self->on_write(ec);
     });
+  }
+
+  // Header names and values come from this program, but a value built from
+  // configuration could still hold a line break, which would split the
+  // response; such a field is dropped instead.
+  static bool is_valid_field(std::string_view name, std::string_view value) {
+    if (name.empty()) return false;
+    for (char c : name) {
+      if (c == '\r' || c == '\n' || c == ':' || c == ' ') return false;
+    }
+    for (char c : value) {
+      if (c == '\r' || c == '\n') return false;
+    }
+    return true;
+  }
+
+  static void append_field(std::string& head, std::string_view name, std::string_view value) {
+    head += name;
+    head += ": ";
+    head += value;
+    head += "\r\n";
   }
 
   void on_write(beast::error_code ec) {
@@ -398,12 +419,15 @@ class Session : public std::enable_shared_from_this<Session> {
     stream_.close();
   }
 
-  beast::tcp_stream stream_;
-  asio::steady_timer request_timer_{stream_.get_executor()};
+  StrandStream stream_;
+  Strand strand_;
+  asio::steady_timer request_timer_{strand_};
   Server::Impl& server_;
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   std::shared_ptr<Session> in_flight_;
+  std::string head_buffer_;                  // the response head being written
+  std::shared_ptr<const std::string> body_;  // the response body being written
   std::string remote_address_;
   Request request_;  // method, path and id of the request in progress, for the access log
   AccessRecord record_;
@@ -429,7 +453,7 @@ void Server::Impl::unregister_session(std::list<std::weak_ptr<Session>>::iterato
   sessions.erase(it);
 }
 
-void Server::Impl::reject_connection(tcp::socket socket) {
+void Server::Impl::reject_connection(std::shared_ptr<StrandSocket> shared) {
   static const std::string kBusy = [] {
     const std::string body =
         "{\"error\":{\"code\":\"unavailable\",\"message\":\"too many open connections; retry later\","
@@ -438,7 +462,6 @@ void Server::Impl::reject_connection(tcp::socket socket) {
            "Content-Type: application/json\r\nContent-Length: " +
            std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
   }();
-  auto shared = std::make_shared<tcp::socket>(std::move(socket));
   asio::async_write(*shared, asio::buffer(kBusy), [shared](beast::error_code, std::size_t) {
     beast::error_code ignored;
     shared->shutdown(tcp::socket::shutdown_both, ignored);
@@ -447,7 +470,8 @@ void Server::Impl::reject_connection(tcp::socket socket) {
 }
 
 void Server::Impl::accept() {
-  acceptor.async_accept(asio::make_strand(io), [this](beast::error_code ec, tcp::socket socket) {
+  auto socket = std::make_shared<StrandSocket>(asio::make_strand(io.get_executor()));
+  acceptor.async_accept(*socket, [this, socket](beast::error_code ec) {
     if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
     if (ec) {
       spdlog::warn("http: accept failed: {}", ec.message());
@@ -458,8 +482,8 @@ void Server::Impl::accept() {
       reject_connection(std::move(socket));
     } else {
       beast::error_code ignored;
-      socket.set_option(tcp::no_delay(true), ignored);
-      std::make_shared<Session>(std::move(socket), *this)->start();
+      socket->set_option(tcp::no_delay(true), ignored);
+      std::make_shared<Session>(std::move(*socket), *this)->start();
     }
     accept();
   });
