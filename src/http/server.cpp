@@ -329,9 +329,9 @@ class Session : public std::enable_shared_from_this<Session> {
     if (server_.stopping.load() || closing_) keep_alive_ = false;
     const std::uint64_t body_bytes = response.body ? response.body->size() : 0;
 
-    // The head is serialized here into one reused buffer rather than through
-    // Beast's serializer, which allocates a node per field and walks many
-    // small buffers per response; on cache hits that was the largest cost.
+    // The head is serialized into one reused buffer. Beast's serializer
+    // allocates a node per field and walks many small buffers, which was the
+    // largest cost of a cache hit.
     std::string& head = head_buffer_;
     head.clear();
     head += "HTTP/1.1 ";
@@ -377,8 +377,8 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   // Header names and values come from this program, but a value built from
-  // configuration could still hold a line break, which would split the
-  // response; such a field is dropped instead.
+  // configuration could still hold a line break and split the response. Such
+  // a field is dropped.
   static bool is_valid_field(std::string_view name, std::string_view value) {
     if (name.empty()) return false;
     for (char c : name) {
