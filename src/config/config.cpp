@@ -26,7 +26,7 @@ const std::set<std::string> kReservedParameters = {"prompt", "width",    "height
                                                    "template", "style", "sig",   "kid",  "exp"};
 // Sections whose scalar keys can be set from the environment.
 const std::vector<std::string> kEnvSections = {"rate_limits", "security", "budgets", "server", "storage", "redis", "limits",
-                                                "logging"};
+                                                "logging", "jobs", "webhooks"};
 
 std::string env_name_for(const std::string& section, const std::string& key) {
   std::string name(kEnvPrefix);
@@ -777,6 +777,43 @@ void read_budgets(TableReader& reader, BudgetsConfig& budgets) {
   reader.read_string("ledger_path", budgets.ledger_path);
 }
 
+void read_jobs(TableReader& reader, JobsConfig& jobs) {
+  reader.read_bool("enabled", jobs.enabled);
+  reader.read_string("db_path", jobs.db_path);
+  reader.read_int("max_queued", jobs.max_queued, 1, 1'000'000);
+  reader.read_int("max_running", jobs.max_running, 1, 10'000);
+  reader.read_int("retention_hours", jobs.retention_hours, 1, 24 * 366);
+  reader.read_int("max_wait_seconds", jobs.max_wait_seconds, 1, 3600);
+}
+
+void read_webhooks(TableReader& reader, WebhooksConfig& webhooks, const Environment& env) {
+  reader.read_secret_env("secret_env", webhooks.secret, env);
+  reader.read_int("max_attempts", webhooks.max_attempts, 1, 50);
+  reader.read_int("base_delay_ms", webhooks.base_delay_ms, 1, 3'600'000);
+  reader.read_int("timeout_ms", webhooks.timeout_ms, 100, 600'000);
+  reader.read_bool("allow_private_addresses", webhooks.allow_private_addresses);
+  reader.read_int("queue_size", webhooks.queue_size, 1, 1'000'000);
+  if (webhooks.secret.env_name.empty()) return;
+
+  // Standard Webhooks secrets are "whsec_" followed by the base64 of 24 to 64
+  // random bytes; the decoded bytes are the HMAC-SHA256 key.
+  const std::string& value = webhooks.secret.value;
+  const std::string hint = "; generate one with `echo whsec_$(openssl rand -base64 32)`";
+  if (value.empty()) {
+    reader.error("secret_env", "the environment variable " + webhooks.secret.env_name + " is unset or empty" + hint);
+    return;
+  }
+  std::optional<std::string> key;
+  if (value.rfind("whsec_", 0) == 0) key = core::base64_decode(std::string_view(value).substr(6));
+  if (!key) {
+    reader.error("secret_env", "the value of " + webhooks.secret.env_name +
+                                   " must be \"whsec_\" followed by standard base64" + hint);
+  } else if (key->size() < 24 || key->size() > 64) {
+    reader.error("secret_env", "the value of " + webhooks.secret.env_name + " decodes to " +
+                                   std::to_string(key->size()) + " bytes; it must be 24 to 64 bytes" + hint);
+  }
+}
+
 void read_api_key(TableReader& reader, ApiKeyConfig& key, const RateLimitsConfig& defaults) {
   reader.read_string("sha256", key.sha256);
   if (key.sha256.rfind("sha256:", 0) == 0) key.sha256 = key.sha256.substr(7);
@@ -974,7 +1011,8 @@ core::Result<Config> load(const std::string& toml_text, const std::string& sourc
 
   const std::set<std::string> known_sections = {"server",    "storage",     "limits",   "logging", "backends",
                                                 "templates", "rate_limits", "security", "budgets", "costs",
-                                                "api_keys",  "default_backend", "redis"};
+                                                "api_keys",  "default_backend", "redis",    "jobs",
+                                                "webhooks"};
   for (const auto& [key, node] : root) {
     if (!known_sections.count(std::string(key.str()))) errors.push_back(std::string(key.str()) + ": unknown key");
   }
@@ -1001,6 +1039,8 @@ core::Result<Config> load(const std::string& toml_text, const std::string& sourc
 
   read_section("rate_limits", [&](TableReader& r) { read_rate_limits(r, config.rate_limits); });
   read_section("budgets", [&](TableReader& r) { read_budgets(r, config.budgets); });
+  read_section("jobs", [&](TableReader& r) { read_jobs(r, config.jobs); });
+  read_section("webhooks", [&](TableReader& r) { read_webhooks(r, config.webhooks, env); });
   read_security(root, config, env, used_env, errors, embedded);
 
   // A PIXELGATE_SERVER_FOO that matches no key is a typo worth failing on.

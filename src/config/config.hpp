@@ -162,6 +162,28 @@ struct LoggingConfig {
   bool access_log = true;
 };
 
+// Asynchronous jobs: POST /v1/jobs, GET /v1/jobs/{id} and `Prefer: wait=N`.
+struct JobsConfig {
+  bool enabled = true;
+  std::string db_path;      // empty = <storage.path>/jobs.sqlite3
+  int max_queued = 1000;    // jobs waiting for a slot; more get 503 with Retry-After
+  int max_running = 4;      // jobs generating at once
+  int retention_hours = 24; // finished jobs are deleted this long after they finish
+  int max_wait_seconds = 60;  // cap on the N of `Prefer: wait=N`
+};
+
+// Signed job-completion callbacks (Standard Webhooks).
+struct WebhooksConfig {
+  Secret secret;  // from secret_env: "whsec_" + base64 of 24 to 64 random bytes
+  int max_attempts = 5;      // tries per event, the first one included
+  int base_delay_ms = 1000;  // wait before the first retry; doubles each retry
+  int timeout_ms = 10'000;   // one attempt: DNS lookup, connect and transfer each
+  // Lets webhooks reach loopback, private and link-local addresses; for
+  // tests and private networks only.
+  bool allow_private_addresses = false;
+  int queue_size = 1000;  // events waiting to be sent
+};
+
 // The backend types this program supports; each has an adapter in backends/.
 inline const std::set<std::string> kBackendTypes = {"openai",    "placeholder", "stability", "bedrock", "replicate",
                                                     "fal",       "a1111",       "comfyui",   "sdcpp"};
@@ -276,6 +298,8 @@ struct Config {
   std::map<std::string, ApiKeyConfig> api_keys;
   std::map<std::string, BackendConfig> backends;
   std::map<std::string, TemplateConfig> templates;
+  JobsConfig jobs;
+  WebhooksConfig webhooks;
   std::string default_backend;
   // Set when the placeholder backend was chosen because nothing else was
   // configured, so start-up can warn about it.

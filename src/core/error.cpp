@@ -13,6 +13,7 @@ std::string_view to_string(ErrorCode code) noexcept {
     case ErrorCode::ResourceExhausted: return "rate_limited";
     case ErrorCode::BudgetExhausted: return "budget_exhausted";
     case ErrorCode::ContentRefused: return "content_refused";
+    case ErrorCode::IdempotencyKeyReused: return "idempotency_key_reused";
     case ErrorCode::Unavailable: return "unavailable";
     case ErrorCode::ColdStart: return "cold_start";
     case ErrorCode::DeadlineExceeded: return "timed_out";
@@ -31,6 +32,7 @@ int http_status(ErrorCode code) noexcept {
     case ErrorCode::MethodNotAllowed: return 405;
     case ErrorCode::PayloadTooLarge: return 413;
     case ErrorCode::ContentRefused: return 422;
+    case ErrorCode::IdempotencyKeyReused: return 422;
     case ErrorCode::ResourceExhausted: return 429;
     case ErrorCode::BudgetExhausted: return 429;
     case ErrorCode::Internal: return 500;

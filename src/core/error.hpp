@@ -24,6 +24,7 @@ enum class ErrorCode {
   ResourceExhausted,   // a rate limit; retry after the given delay (429)
   BudgetExhausted,     // a spend budget is used up until its period ends (429)
   ContentRefused,      // the provider refused the prompt; retrying does not help (422)
+  IdempotencyKeyReused,  // an Idempotency-Key sent again with a different request body (422)
   Unavailable,         // overloaded or not ready; retry after the given delay (503)
   ColdStart,           // a self-hosted pool is starting an instance; retry after the given delay (503)
   DeadlineExceeded,    // a timeout on our side or upstream (504)
