@@ -8,6 +8,7 @@
 #include "api/cold_start_response.hpp"
 #include "api/errors.hpp"
 #include "api/image_query.hpp"
+#include "api/jobs_route.hpp"
 #include "api/playground.hpp"
 #include "core/text.hpp"
 #include "delivery/image_response.hpp"
@@ -129,6 +130,18 @@ void App::handle(http::Request&& request, http::Responder responder) {
       if (request.method != "POST") return responder.send(method_not_allowed("POST"));
       return handle_openai_generations(request, responder);
     }
+    if (path == "/v1/jobs" || path.rfind("/v1/jobs/", 0) == 0) {
+      if (!context_.jobs) {
+        return responder.send(
+            error_response(core::Error::not_found("jobs are disabled on this server ([jobs] enabled = false)")));
+      }
+      if (path == "/v1/jobs") {
+        if (request.method != "POST") return responder.send(method_not_allowed("POST"));
+        return handle_job_create(request, responder);
+      }
+      if (!read_method) return responder.send(method_not_allowed("GET, HEAD"));
+      return handle_job_get(request, responder, std::string_view(path).substr(9));
+    }
     if (path == "/admin/status") {
       if (!read_method) return responder.send(method_not_allowed("GET, HEAD"));
       return handle_admin_status(request, responder);
@@ -220,12 +233,25 @@ void App::handle_image(const http::Request& request, http::Responder responder, 
     return responder.send(std::move(response));
   }
 
+  // With `Prefer: wait=N`, a generation that takes longer becomes a job.
+  std::shared_ptr<DeferredReply> deferral;
+  if (request.header("Prefer")) {
+    nlohmann::json stored_params = nlohmann::json::array();
+    for (const auto& [name, value] : admitted->params) stored_params.push_back({name, value});
+    const nlohmann::json stored_request = {{"route", "image"},
+                                           {"template", std::string(template_name)},
+                                           {"params", std::move(stored_params)},
+                                           {"public_templates_only", admitted->public_templates_only}};
+    deferral = defer_after_wait(request, *admitted, stored_request.dump(), responder);
+  }
+
   context_.images.fetch_or_generate(
       *resolved, request.request_id, admitted->caller,
-      [this, responder, policy, if_none_match, placeholder, resolve_ms, started, key,
+      [this, responder, policy, if_none_match, placeholder, resolve_ms, started, key, deferral,
        template_tag = resolved->spec.template_name,
        cold_start_placeholder_spec = resolved->cold_start == "placeholder" ? std::optional(resolved->spec) : std::nullopt,
        private_response = !request.header("Authorization").value_or("").empty()](core::Result<generation::ImageOutcome> outcome) {
+        if (deferral && deferral->hand_over(to_job_images(outcome))) return;
         if (!outcome && cold_start_placeholder_spec && outcome.error().code == core::ErrorCode::ColdStart) {
           if (auto card = cold_start_placeholder(outcome.error(), *cold_start_placeholder_spec)) {
             return responder.send(std::move(*card));
@@ -261,6 +287,7 @@ void App::handle_image(const http::Request& request, http::Responder responder, 
         }
         responder.send(std::move(response));
       });
+  if (deferral) deferral->arm();
 }
 
 void App::handle_stored_image(const http::Request& request, http::Responder responder, std::string_view name) {
@@ -345,17 +372,19 @@ void App::handle_ready(http::Responder responder) {
 
 std::string App::image_url(std::string_view host_header, const std::string& key,
                            const std::string& content_type) const {
+  return base_url(host_header) + "/images/" + key + std::string(extension_for(content_type));
+}
+
+std::string App::base_url(std::string_view host_header) const {
   std::string base = context_.config.server.public_base_url;
-  if (base.empty()) {
-    const std::string host(host_header);
-    bool host_ok = !host.empty() && host.size() < 256;
-    for (char c : host) {
-      host_ok = host_ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == ':' ||
-                            c == '[' || c == ']');
-    }
-    base = "http://" + (host_ok ? host : context_.config.server.host + ":" + std::to_string(context_.config.server.port));
+  if (!base.empty()) return base;
+  const std::string host(host_header);
+  bool host_ok = !host.empty() && host.size() < 256;
+  for (char c : host) {
+    host_ok = host_ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == ':' ||
+                          c == '[' || c == ']');
   }
-  return base + "/images/" + key + std::string(extension_for(content_type));
+  return "http://" + (host_ok ? host : context_.config.server.host + ":" + std::to_string(context_.config.server.port));
 }
 
 }  // namespace pixelgate::api

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <string>
 
 #include "admission/gate.hpp"
@@ -14,7 +15,13 @@
 #include "http/message.hpp"
 #include "storage/object_store.hpp"
 
+namespace pixelgate::jobs {
+class JobRunner;
+}
+
 namespace pixelgate::api {
+
+class DeferredReply;
 
 struct AppContext {
   const config::Config& config;
@@ -27,6 +34,8 @@ struct AppContext {
   generation::ResolutionCache& resolutions;
   // Checks shared state (Redis) for /readyz; empty when there is none.
   std::function<core::Status()> check_shared_state;
+  // Asynchronous jobs; null when [jobs] enabled = false.
+  jobs::JobRunner* jobs = nullptr;
 };
 
 // Thread-safety: handle() runs concurrently on every event-loop thread; the
@@ -44,6 +53,15 @@ class App {
   void handle_openai_generations(const http::Request& request, http::Responder responder);
   void handle_ready(http::Responder responder);
   void handle_admin_status(const http::Request& request, http::Responder responder);
+  void handle_job_create(const http::Request& request, http::Responder responder);
+  void handle_job_get(const http::Request& request, http::Responder responder, std::string_view id);
+
+  // For a request with `Prefer: wait=N` whose caller may read jobs, returns
+  // the reply that turns into a 202 with a job after N seconds; null
+  // otherwise. `stored_request` is the job request to store (see
+  // make_job_resolver).
+  std::shared_ptr<DeferredReply> defer_after_wait(const http::Request& request, const admission::Admission& admitted,
+                                                  std::string stored_request, const http::Responder& responder);
 
   // In delivery mode "redirect", returns the 302 to the image's public or
   // presigned URL; nullopt in mode "proxy" or when no URL can be made.
@@ -57,6 +75,9 @@ class App {
   // Returns the absolute URL of a stored image for JSON responses: under
   // server.public_base_url, or else under the request's Host header.
   std::string image_url(std::string_view host_header, const std::string& key, const std::string& content_type) const;
+
+  // Returns the origin of absolute URLs in JSON responses, e.g. "http://127.0.0.1:8080".
+  std::string base_url(std::string_view host_header) const;
 
   AppContext context_;
 };

@@ -9,7 +9,9 @@
 
 #include "api/app.hpp"
 #include "api/errors.hpp"
+#include "api/generations_request.hpp"
 #include "api/image_query.hpp"
+#include "api/jobs_route.hpp"
 #include "core/hash.hpp"
 #include "generation/cache_key.hpp"
 
@@ -27,18 +29,17 @@ core::Result<std::string> string_field(const Json& body, const std::string& name
   return body[name].get<std::string>();
 }
 
-// Everything the route needs from the JSON body, checked.
-struct GenerationsRequest {
-  generation::ImageRequest image;
-  int n = 1;
-  bool b64 = false;
-};
+}  // namespace
 
-core::Result<GenerationsRequest> parse_body(const std::string& text, const config::Config& config,
-                                            const generation::Resolver& resolver) {
-  const Json body = Json::parse(text, nullptr, false);
+core::Result<Json> parse_json_object(const std::string& text) {
+  Json body = Json::parse(text, nullptr, false);
   if (body.is_discarded()) return core::Error::invalid("the request body is not valid JSON");
   if (!body.is_object()) return core::Error::invalid("the request body must be a JSON object");
+  return body;
+}
+
+core::Result<GenerationsRequest> parse_generations_body(const Json& body, const config::Config& config,
+                                                        const generation::Resolver& resolver) {
   for (const auto& [name, value] : body.items()) {
     if (!kKnownFields.count(name)) return core::Error::invalid("unrecognized request argument: " + name, name);
   }
@@ -113,6 +114,29 @@ core::Result<GenerationsRequest> parse_body(const std::string& text, const confi
   return request;
 }
 
+core::Result<std::vector<generation::ResolvedRequest>> resolve_generations(const GenerationsRequest& request,
+                                                                           const generation::Resolver& resolver) {
+  // Image i > 0 of a batch gets the derived seed plus i, so a batch is as
+  // reproducible as a single image and each of its images has its own key.
+  std::vector<generation::ResolvedRequest> resolved_list;
+  for (int i = 0; i < request.n; ++i) {
+    generation::ImageRequest image = request.image;
+    if (i > 0 && !image.seed) {
+      auto first = resolver.resolve(request.image);
+      if (!first) return std::move(first).error();
+      image.seed = (first->spec.seed + static_cast<std::uint64_t>(i)) % 4294967295u;
+    } else if (i > 0) {
+      image.seed = (*image.seed + static_cast<std::uint64_t>(i)) % 4294967295u;
+    }
+    auto resolved = resolver.resolve(image);
+    if (!resolved) return std::move(resolved).error();
+    resolved_list.push_back(std::move(*resolved));
+  }
+  return resolved_list;
+}
+
+namespace {
+
 // Collects the n images of one request and responds once all are in.
 struct Batch {
   explicit Batch(int n) : items(static_cast<std::size_t>(n)), remaining(n) {}
@@ -132,25 +156,13 @@ void App::handle_openai_generations(const http::Request& request, http::Responde
   if (content_type.find("application/json") == std::string_view::npos) {
     return responder.send(error_response(core::Error::invalid("Content-Type must be application/json")));
   }
-  auto parsed = parse_body(request.body, context_.config, context_.resolver);
+  auto body = parse_json_object(request.body);
+  if (!body) return responder.send(error_response(body.error()));
+  auto parsed = parse_generations_body(*body, context_.config, context_.resolver);
   if (!parsed) return responder.send(error_response(parsed.error()));
-
-  // Image i > 0 of a batch gets the derived seed plus i, so a batch is as
-  // reproducible as a single image and each of its images has its own key.
-  std::vector<generation::ResolvedRequest> resolved_list;
-  for (int i = 0; i < parsed->n; ++i) {
-    generation::ImageRequest image = parsed->image;
-    if (i > 0 && !image.seed) {
-      auto first = context_.resolver.resolve(parsed->image);
-      if (!first) return responder.send(error_response(first.error()));
-      image.seed = (first->spec.seed + static_cast<std::uint64_t>(i)) % 4294967295u;
-    } else if (i > 0) {
-      image.seed = (*image.seed + static_cast<std::uint64_t>(i)) % 4294967295u;
-    }
-    auto resolved = context_.resolver.resolve(image);
-    if (!resolved) return responder.send(error_response(resolved.error()));
-    resolved_list.push_back(std::move(*resolved));
-  }
+  auto resolved = resolve_generations(*parsed, context_.resolver);
+  if (!resolved) return responder.send(error_response(resolved.error()));
+  std::vector<generation::ResolvedRequest> resolved_list = std::move(resolved).value();
 
   auto batch = std::make_shared<Batch>(parsed->n);
   const bool b64 = parsed->b64;
@@ -160,11 +172,16 @@ void App::handle_openai_generations(const http::Request& request, http::Responde
   auto url_for = [this, host = std::string(request.header("Host").value_or(""))](const storage::CachedImage& image) {
     return image_url(host, image.key, image.content_type);
   };
+  // With `Prefer: wait=N`, a batch that takes longer becomes a job.
+  std::shared_ptr<DeferredReply> deferral;
+  if (request.header("Prefer")) {
+    deferral = defer_after_wait(request, *admitted, Json{{"route", "generations"}, {"body", *body}}.dump(), responder);
+  }
 
   for (std::size_t i = 0; i < resolved_list.size(); ++i) {
     context_.images.fetch_or_generate(
         resolved_list[i], base_request_id, admitted->caller,
-        [batch, i, responder, b64, url_for, rate_headers](core::Result<generation::ImageOutcome> outcome) {
+        [batch, i, responder, b64, url_for, rate_headers, deferral](core::Result<generation::ImageOutcome> outcome) {
           {
             std::lock_guard lock(batch->mutex);
             if (!outcome) {
@@ -175,6 +192,15 @@ void App::handle_openai_generations(const http::Request& request, http::Responde
           }
           if (batch->remaining.fetch_sub(1) != 1) return;
 
+          if (deferral) {
+            core::Result<std::vector<jobs::JobImage>> result = std::vector<jobs::JobImage>{};
+            if (batch->error) {
+              result = *batch->error;
+            } else {
+              for (const auto& image : batch->items) result->push_back({image->key, image->content_type});
+            }
+            if (deferral->hand_over(result)) return;
+          }
           if (batch->error) return responder.send(error_response(*batch->error));
           Json data = Json::array();
           for (const auto& image : batch->items) {
@@ -198,6 +224,7 @@ void App::handle_openai_generations(const http::Request& request, http::Responde
           responder.send(std::move(response));
         });
   }
+  if (deferral) deferral->arm();
 }
 
 }  // namespace pixelgate::api

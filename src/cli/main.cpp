@@ -21,6 +21,7 @@
 #include "api/app.hpp"
 #include "api/image_query.hpp"
 #include "backends/http_client.hpp"
+#include "cli/jobs_runtime.hpp"
 #include "cli/runtime.hpp"
 #include "imaging/image.hpp"
 #include "storage/object_store.hpp"
@@ -143,8 +144,14 @@ int run_serve(const Arguments& args) {
   generation::ResolutionCache resolutions(10'000);
   std::function<core::Status()> check_shared_state;
   if (rt.redis) check_shared_state = [&rt] { return rt.redis->ping(); };
+  auto jobs_runtime = cli::start_jobs(rt);
+  if (!jobs_runtime) {
+    spdlog::error("start-up failed: {}", jobs_runtime.error().message);
+    return kExitUsage;
+  }
+  jobs::JobRunner* job_runner = *jobs_runtime ? (*jobs_runtime)->runner.get() : nullptr;
   api::App app({rt.config, rt.backends, *rt.resolver, *rt.images, *rt.store, *rt.workers, *rt.gate, resolutions,
-                check_shared_state});
+                check_shared_state, job_runner});
   http::ServerOptions options;
   options.host = server_config.host;
   options.port = server_config.port;
@@ -189,6 +196,8 @@ int run_serve(const Arguments& args) {
   std::fflush(stdout);
 
   server.run();
+  // Queued jobs stay queued for the next start; running ones finish below.
+  if (job_runner) job_runner->stop_dispatch();
 
   // Generations whose clients have left are still paid for: let them finish.
   const std::size_t unfinished = rt.images->drain(std::chrono::milliseconds(server_config.shutdown_grace_ms));
