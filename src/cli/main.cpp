@@ -23,6 +23,7 @@
 #include "backends/http_client.hpp"
 #include "cli/jobs_runtime.hpp"
 #include "cli/runtime.hpp"
+#include "cli/warm.hpp"
 #include "imaging/image.hpp"
 #include "storage/object_store.hpp"
 #include "http/server.hpp"
@@ -50,6 +51,10 @@ Usage:
       Print the money spent, from the budget ledger.
   pixelgate cache purge (--key KEY | --template NAME [--version V]) [--dry-run yes] [--config FILE]
       Remove images from the store and print what to purge at the CDN.
+  pixelgate warm FILE [--concurrency N] [--max-usd X] [--config FILE]
+      Generate ahead of time every image FILE names (one request path or
+      JSON object per line) that is not stored yet; stop before spending
+      more than X US dollars or passing a configured budget.
   pixelgate templates list [--config FILE]
   pixelgate templates show NAME [--config FILE]
   pixelgate templates render NAME --prompt TEXT [--var NAME=VALUE]... [--size WxH] [--seed N]
@@ -646,6 +651,36 @@ int run_templates(const Arguments& args, const std::vector<std::string>& variabl
   return 0;
 }
 
+int run_warm(const Arguments& args) {
+  if (args.positional.size() != 1) {
+    std::fprintf(stderr, "pixelgate warm: give exactly one FILE of requests, one per line\n");
+    return kExitUsage;
+  }
+  cli::WarmOptions options;
+  options.file = args.positional[0];
+  options.config_path = config_path(args);
+  if (auto it = args.options.find("--concurrency"); it != args.options.end()) {
+    std::uint64_t number = 0;
+    if (!api::parse_unsigned(it->second, number) || number < 1 || number > 256) {
+      std::fprintf(stderr, "pixelgate warm: --concurrency takes a whole number from 1 to 256, got \"%s\"\n",
+                   it->second.c_str());
+      return kExitUsage;
+    }
+    options.concurrency = static_cast<int>(number);
+  }
+  if (auto it = args.options.find("--max-usd"); it != args.options.end()) {
+    char* end = nullptr;
+    const double usd = std::strtod(it->second.c_str(), &end);
+    if (it->second.empty() || end != it->second.c_str() + it->second.size() || !(usd >= 0) || !std::isfinite(usd)) {
+      std::fprintf(stderr, "pixelgate warm: --max-usd takes a number of US dollars such as 2.50, got \"%s\"\n",
+                   it->second.c_str());
+      return kExitUsage;
+    }
+    options.max_usd = usd;
+  }
+  return cli::run_warm(options);
+}
+
 int run_config_check(const Arguments& args) {
   std::string path = args.positional.size() > 1 ? args.positional[1] : config_path(args);
   auto config = cli::load_config(path);
@@ -715,6 +750,7 @@ int main(int argc, char** argv) {
   if (command == "costs") known.insert("--by");
   if (command == "cache") known.insert({"--key", "--template", "--version", "--dry-run"});
   if (command == "templates") known.insert({"--prompt", "--size", "--seed"});
+  if (command == "warm") known.insert({"--concurrency", "--max-usd"});
   if (auto error = parse_arguments(argc, argv, 2, known, args)) {
     std::fprintf(stderr, "pixelgate %s: %s\n", command.c_str(), error->c_str());
     return kExitUsage;
@@ -729,6 +765,7 @@ int main(int argc, char** argv) {
     if (command == "costs") return run_costs(args);
     if (command == "cache" && args.positional.size() == 1 && args.positional[0] == "purge") return run_cache_purge(args);
     if (command == "templates") return run_templates(args, variables);
+    if (command == "warm") return run_warm(args);
   } catch (const std::exception& error) {
     std::fprintf(stderr, "pixelgate %s: unexpected error: %s\n", command.c_str(), error.what());
     return kExitFailure;
