@@ -431,7 +431,7 @@ function tomlTable(name, table) {
 
 /**
  * Writes a pixelgate TOML configuration from a plain object: { server, storage, limits, logging,
- * security, rate_limits, budgets, default_backend, and the named tables backends, templates and
+ * security, rate_limits, budgets, jobs, webhooks, default_backend, and the named tables backends, templates and
  * api_keys, each {name: {...}} }.
  * Table values must be strings, numbers, booleans or arrays of them.
  */
@@ -440,7 +440,7 @@ export function toToml(config) {
   if (config.default_backend) {
     parts.push(`default_backend = ${tomlValue(config.default_backend)}`);
   }
-  for (const section of ['server', 'storage', 'redis', 'limits', 'logging', 'security', 'rate_limits', 'budgets']) {
+  for (const section of ['server', 'storage', 'redis', 'limits', 'logging', 'security', 'rate_limits', 'budgets', 'jobs', 'webhooks']) {
     if (config[section]) {
       parts.push(tomlTable(section, config[section]));
     }
