@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include "admission/spend_counters.hpp"
+#include "core/sqlite.hpp"
 
 namespace pixelgate::admission {
 namespace {
@@ -96,22 +97,9 @@ BudgetLedger::BudgetLedger(sqlite3* db, const core::Clock& clock) : db_(db), clo
 BudgetLedger::~BudgetLedger() { sqlite3_close(db_); }
 
 core::Result<std::unique_ptr<BudgetLedger>> BudgetLedger::open(const std::string& path, const core::Clock& clock) {
-  sqlite3* db = nullptr;
-  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-                      nullptr) != SQLITE_OK) {
-    const std::string reason = db ? sqlite3_errmsg(db) : "out of memory";
-    sqlite3_close(db);
-    return core::Error::internal("cannot open the budget ledger " + path + ": " + reason);
-  }
-  sqlite3_busy_timeout(db, 5000);
-  char* error = nullptr;
-  const std::string setup = std::string("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;") + kSchema;
-  if (sqlite3_exec(db, setup.c_str(), nullptr, nullptr, &error) != SQLITE_OK) {
-    const std::string reason = error ? error : "unknown error";
-    sqlite3_free(error);
-    sqlite3_close(db);
-    return core::Error::internal("cannot set up the budget ledger " + path + ": " + reason);
-  }
+  auto opened = core::open_sqlite(path, kSchema, "the budget ledger");
+  if (!opened) return std::move(opened).error();
+  sqlite3* db = *opened;
   auto ledger = std::unique_ptr<BudgetLedger>(new BudgetLedger(db, clock));
   if (auto status = ledger->load_totals(); !status) return std::move(status).error();
   return ledger;

@@ -9,6 +9,7 @@
 #include <ctime>
 #include <stdexcept>
 
+#include "core/clock.hpp"
 #include "core/hash.hpp"
 
 namespace pixelgate::admission {
@@ -41,15 +42,6 @@ std::string encode_component(std::string_view text, bool keep_slash) {
     start = slash + 1;
   }
   return out;
-}
-
-std::string format_utc(std::int64_t unix_seconds) {
-  const std::time_t time = static_cast<std::time_t>(unix_seconds);
-  std::tm parts{};
-  gmtime_r(&time, &parts);
-  char text[32];
-  std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", &parts);
-  return text;
 }
 
 core::Error denied(std::string message) {
@@ -188,7 +180,7 @@ core::Result<VerifiedRequest> verify_signed_request(std::string_view raw_path, s
   if (!valid) return denied("signature is invalid for this URL");
 
   if (request->expires && *request->expires < clock.unix_seconds()) {
-    return denied("signed URL expired at " + format_utc(*request->expires));
+    return denied("signed URL expired at " + core::format_iso8601_utc(*request->expires));
   }
 
   VerifiedRequest verified;

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <string>
 
 namespace pixelgate::core {
 
@@ -44,5 +45,8 @@ class ManualClock final : public Clock {
   std::atomic<std::int64_t> unix_;
   std::atomic<double> monotonic_{1000.0};
 };
+
+// Formats a Unix time as "YYYY-MM-DDTHH:MM:SSZ" (UTC).
+std::string format_iso8601_utc(std::int64_t unix_seconds);
 
 }  // namespace pixelgate::core

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "core/clock.hpp"
 #include "core/hash.hpp"
 
 namespace pixelgate::generation {
@@ -16,15 +17,6 @@ using Json = nlohmann::json;
 
 double elapsed_ms(Clock::time_point since) {
   return std::chrono::duration<double, std::milli>(Clock::now() - since).count();
-}
-
-std::string utc_timestamp() {
-  const std::time_t now = std::time(nullptr);
-  std::tm parts{};
-  gmtime_r(&now, &parts);
-  char text[32];
-  std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", &parts);
-  return text;
 }
 
 std::string digest_header(const std::string& sha256_hex) {
@@ -471,7 +463,7 @@ core::Result<ImageOutcome> ImageService::call_backend(const Candidate& resolved,
                          {"provider_request_id", generated->provider_request_id},
                          {"revised_prompt", generated->revised_prompt},
                          {"generate_ms", timings.generate_ms},
-                         {"created_at", utc_timestamp()},
+                         {"created_at", core::format_iso8601_utc(std::time(nullptr))},
                          {"pixelgate_version", PIXELGATE_VERSION}};
   std::string metadata_text = metadata.dump();
 

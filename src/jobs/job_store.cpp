@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include "core/hash.hpp"
+#include "core/sqlite.hpp"
 
 namespace pixelgate::jobs {
 namespace {
@@ -196,22 +197,9 @@ JobStore::JobStore(sqlite3* db, const core::Clock& clock) : db_(db), clock_(cloc
 JobStore::~JobStore() { sqlite3_close(db_); }
 
 core::Result<std::unique_ptr<JobStore>> JobStore::open(const std::string& path, const core::Clock& clock) {
-  sqlite3* db = nullptr;
-  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-                      nullptr) != SQLITE_OK) {
-    const std::string reason = db ? sqlite3_errmsg(db) : "out of memory";
-    sqlite3_close(db);
-    return core::Error::internal("cannot open the job database " + path + ": " + reason);
-  }
-  sqlite3_busy_timeout(db, 5000);
-  char* error = nullptr;
-  const std::string setup = std::string("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;") + kSchema;
-  if (sqlite3_exec(db, setup.c_str(), nullptr, nullptr, &error) != SQLITE_OK) {
-    const std::string reason = error ? error : "unknown error";
-    sqlite3_free(error);
-    sqlite3_close(db);
-    return core::Error::internal("cannot set up the job database " + path + ": " + reason);
-  }
+  auto opened = core::open_sqlite(path, kSchema, "the job database");
+  if (!opened) return std::move(opened).error();
+  sqlite3* db = *opened;
   return std::unique_ptr<JobStore>(new JobStore(db, clock));
 }
 

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "core/clock.hpp"
 #include "core/hash.hpp"
 #include "jobs/address_guard.hpp"
 
@@ -25,15 +26,6 @@ using Json = nlohmann::json;
 
 constexpr std::size_t kSendingThreads = 2;
 constexpr std::chrono::seconds kMaxDelay{3600};
-
-std::string iso_utc(std::int64_t unix_seconds) {
-  const std::time_t time = static_cast<std::time_t>(unix_seconds);
-  std::tm parts{};
-  gmtime_r(&time, &parts);
-  char text[32];
-  std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", &parts);
-  return text;
-}
 
 std::string_view extension_for(const std::string& content_type) {
   if (content_type == "image/png") return ".png";
@@ -127,7 +119,7 @@ std::string webhook_event_body(const Job& job) {
     data["error"] = error.is_object() ? error : Json{{"code", "internal"}, {"message", "unknown error"}, {"param", nullptr}};
   }
   const Json event = {{"type", succeeded ? "image.succeeded" : "image.failed"},
-                      {"timestamp", iso_utc(job.updated_unix)},
+                      {"timestamp", core::format_iso8601_utc(job.updated_unix)},
                       {"data", std::move(data)}};
   return event.dump(-1, ' ', false, Json::error_handler_t::replace);
 }
