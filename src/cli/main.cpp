@@ -499,6 +499,10 @@ int run_cache_purge(const Arguments& args) {
     return kExitFailure;
   }
 
+  if (template_name && !config->templates.count(*template_name)) {
+    std::printf("note: template \"%s\" is not in the configuration; purging its stored images all the same\n",
+                template_name->c_str());
+  }
   const bool removing = !dry_run || *dry_run == "no";
   std::size_t removed = 0;
   for (const auto& [image_key, content_type] : matches) {
@@ -521,7 +525,10 @@ int run_cache_purge(const Arguments& args) {
   const std::string base = server.public_base_url.empty()
                                ? "http://" + server.host + ":" + std::to_string(server.port)
                                : server.public_base_url;
-  std::printf("\npurge these URLs at your CDN:\n");
+  std::printf("\npurge these URLs at your CDN%s:\n",
+              server.public_base_url.empty()
+                  ? " (built from server.host and server.port; set server.public_base_url to your public host)"
+                  : "");
   for (const auto& [image_key, content_type] : matches) {
     std::string extension = content_type == "image/png"    ? ".png"
                             : content_type == "image/jpeg" ? ".jpg"
@@ -706,6 +713,7 @@ int run_config_check(const Arguments& args) {
                   : ("disk " + config->storage.path).c_str());
   std::printf("  delivery: %s\n  shared state: %s\n", config->storage.delivery.c_str(),
               config->redis.url.empty() ? "in this process (no [redis] url)" : ("redis " + config->redis.url).c_str());
+  for (const auto& warning : cli::access_warnings(*config)) std::printf("warning: %s\n", warning.c_str());
   return 0;
 }
 
@@ -720,6 +728,14 @@ int main(int argc, char** argv) {
   if (command == "help" || command == "--help" || command == "-h") {
     std::fputs(kUsage, stdout);
     return 0;
+  }
+  // `pixelgate COMMAND --help` prints the usage, which covers every command.
+  for (int i = 2; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
   }
   if (command == "version" || command == "--version") {
     std::printf("pixelgate %s\n", PIXELGATE_VERSION);
@@ -769,6 +785,13 @@ int main(int argc, char** argv) {
   } catch (const std::exception& error) {
     std::fprintf(stderr, "pixelgate %s: unexpected error: %s\n", command.c_str(), error.what());
     return kExitFailure;
+  }
+  const std::map<std::string, std::string> subcommands = {
+      {"config", "check"}, {"keys", "new"}, {"cache", "purge"}};
+  if (auto it = subcommands.find(command); it != subcommands.end()) {
+    std::fprintf(stderr, "pixelgate %s: missing or unknown subcommand; use `pixelgate %s %s` (see `pixelgate help`)\n",
+                 command.c_str(), command.c_str(), it->second.c_str());
+    return kExitUsage;
   }
   std::fprintf(stderr, "pixelgate: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
   return kExitUsage;

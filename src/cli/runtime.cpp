@@ -21,18 +21,23 @@ core::Result<config::Config> load_config(const std::string& path) {
   return config::load_file(path, config::process_environment());
 }
 
-void warn_about_access(const config::Config& config) {
+std::vector<std::string> access_warnings(const config::Config& config) {
+  std::vector<std::string> warnings;
   const auto& security = config.security;
   if (security.mode == "open") {
-    spdlog::warn("security: mode \"open\": anyone who reaches this server can generate images at your cost. "
-                 "Use it for local development only; set [security] mode = \"signed\" for anything public.");
+    warnings.push_back("security: mode \"open\": anyone who reaches this server can generate images at your cost. "
+                       "Use it for local development only; set [security] mode = \"signed\" for anything public.");
   } else if (security.signing_keys.empty() && config.api_keys.empty() &&
              (security.mode == "signed" || security.public_templates.empty())) {
-    spdlog::warn("security: mode \"{}\" with no [security.signing_keys] and no [api_keys]: every image request "
-                 "will be rejected with 403. Add a signing key (docs/signing.md) or set mode = \"open\" for local "
-                 "development.",
-                 security.mode);
+    warnings.push_back("security: mode \"" + security.mode +
+                       "\" with no [security.signing_keys] and no [api_keys]: every image request will be rejected "
+                       "with 403. Add a signing key (docs/signing.md) or set mode = \"open\" for local development.");
   }
+  return warnings;
+}
+
+void warn_about_access(const config::Config& config) {
+  for (const auto& warning : access_warnings(config)) spdlog::warn("{}", warning);
 }
 
 std::string ledger_path(const config::Config& config) {

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "admission/budget.hpp"
 #include "admission/gate.hpp"
@@ -50,8 +52,9 @@ core::Result<std::unique_ptr<storage::ObjectStore>> open_store(const config::Con
 // Starts libraries, backends, storage and workers. Errors name the setting.
 core::Result<std::unique_ptr<Runtime>> build_runtime(config::Config config);
 
-// Logs what an operator must know before serving: open access, or a signed
-// mode that no key can pass.
+// Returns what an operator must know before serving: open access, or a
+// signed mode that no key can pass. warn_about_access() logs the same lines.
+std::vector<std::string> access_warnings(const config::Config& config);
 void warn_about_access(const config::Config& config);
 
 // Loads the configuration from --config PATH (or PIXELGATE_CONFIG) and the
