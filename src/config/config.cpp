@@ -273,6 +273,43 @@ const toml::table* sub_table(const toml::table& root, const std::string& key, st
   return node->as_table();
 }
 
+bool is_http_url(const std::string& url) {
+  return url.rfind("http://", 0) == 0 || url.rfind("https://", 0) == 0;
+}
+
+// Returns what is wrong with an http(s) URL of a configured service, or
+// nullopt: the scheme, an empty host, or a port that is empty, not a number
+// or out of range (libcurl would quietly use the default port for "host:").
+std::optional<std::string> http_url_problem(const std::string& url) {
+  if (!is_http_url(url)) return "must start with http:// or https://, got \"" + url + "\"";
+  const std::size_t host_start = url.find("//") + 2;
+  std::string_view authority(url);
+  authority = authority.substr(host_start, authority.find_first_of("/?#", host_start) - host_start);
+  if (authority.find('@') != std::string_view::npos) return "must not contain user information, got \"" + url + "\"";
+  std::size_t port_colon = std::string_view::npos;
+  if (!authority.empty() && authority.front() == '[') {
+    const std::size_t close = authority.find(']');
+    if (close == std::string_view::npos) return "has an unterminated IPv6 address, got \"" + url + "\"";
+    if (close + 1 < authority.size()) {
+      if (authority[close + 1] != ':') return "has characters after the IPv6 address, got \"" + url + "\"";
+      port_colon = close + 1;
+    }
+  } else {
+    port_colon = authority.find(':');
+  }
+  const std::string_view host = authority.substr(0, port_colon);
+  if (host.empty() || host == "[]") return "has no host, got \"" + url + "\"";
+  if (port_colon != std::string_view::npos) {
+    const std::string_view port = authority.substr(port_colon + 1);
+    int value = 0;
+    const auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
+    if (port.empty() || ec != std::errc{} || end != port.data() + port.size() || value < 1 || value > 65535) {
+      return "has an invalid port \"" + std::string(port) + "\" (1 to 65535), got \"" + url + "\"";
+    }
+  }
+  return std::nullopt;
+}
+
 void read_server(TableReader& reader, ServerConfig& server) {
   reader.read_string("host", server.host);
   reader.read_int("port", server.port, 0, 65535);
@@ -287,15 +324,9 @@ void read_server(TableReader& reader, ServerConfig& server) {
   reader.read_string("public_base_url", server.public_base_url);
   if (!server.public_base_url.empty()) {
     const auto& url = server.public_base_url;
-    if (url.rfind("http://", 0) != 0 && url.rfind("https://", 0) != 0) {
-      reader.error("public_base_url", "must start with http:// or https://, got \"" + url + "\"");
-    }
+    if (auto problem = http_url_problem(url)) reader.error("public_base_url", *problem);
     while (!server.public_base_url.empty() && server.public_base_url.back() == '/') server.public_base_url.pop_back();
   }
-}
-
-bool is_http_url(const std::string& url) {
-  return url.rfind("http://", 0) == 0 || url.rfind("https://", 0) == 0;
 }
 
 void read_s3(TableReader& reader, S3Config& s3, const Environment& env) {
@@ -321,8 +352,8 @@ void read_s3(TableReader& reader, S3Config& s3, const Environment& env) {
   while (!s3.endpoint.empty() && s3.endpoint.back() == '/') s3.endpoint.pop_back();
   if (s3.endpoint.empty()) {
     reader.error("endpoint", "missing; name the S3 service, e.g. \"https://s3.us-east-1.amazonaws.com\"");
-  } else if (!is_http_url(s3.endpoint)) {
-    reader.error("endpoint", "must start with http:// or https://, got \"" + s3.endpoint + "\"");
+  } else if (auto problem = http_url_problem(s3.endpoint)) {
+    reader.error("endpoint", *problem);
   }
   if (s3.bucket.empty()) reader.error("bucket", "missing; name the bucket that holds the images");
   if (s3.region.empty()) reader.error("region", "must not be empty");
@@ -345,8 +376,8 @@ void read_storage(TableReader& reader, StorageConfig& storage, const toml::table
   while (!storage.redirect_base_url.empty() && storage.redirect_base_url.back() == '/') {
     storage.redirect_base_url.pop_back();
   }
-  if (!storage.redirect_base_url.empty() && !is_http_url(storage.redirect_base_url)) {
-    reader.error("redirect_base_url", "must start with http:// or https://, got \"" + storage.redirect_base_url + "\"");
+  if (!storage.redirect_base_url.empty()) {
+    if (auto problem = http_url_problem(storage.redirect_base_url)) reader.error("redirect_base_url", *problem);
   }
   if (storage.delivery == "redirect" && storage.redirect_base_url.empty() && storage.kind != "s3") {
     reader.error("delivery", "\"redirect\" needs redirect_base_url, or kind = \"s3\" for presigned URLs");
@@ -614,8 +645,8 @@ void validate_backend(TableReader& reader, BackendConfig& backend) {
     if (!backend.base_url.empty()) reader.error("base_url", "must not be set with [pool]; instances listen on 127.0.0.1");
   } else if (backend.base_url.empty()) {
     reader.error("base_url", "missing; set the API's base URL (pixelgate has no built-in provider host)");
-  } else if (backend.base_url.rfind("http://", 0) != 0 && backend.base_url.rfind("https://", 0) != 0) {
-    reader.error("base_url", "must start with http:// or https://, got \"" + backend.base_url + "\"");
+  } else if (auto problem = http_url_problem(backend.base_url)) {
+    reader.error("base_url", *problem);
   }
   while (!backend.base_url.empty() && backend.base_url.back() == '/') backend.base_url.pop_back();
   if (backend.type == "openai" && backend.model.empty()) backend.model = "gpt-image-2";

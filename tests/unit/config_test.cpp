@@ -114,3 +114,17 @@ TEST(Config, OutOfRangeEnvironmentValueNamesVariable) {
   EXPECT_NE(load_error("", {{"PIXELGATE_SERVER_PORT", "99999"}}).find("got 99999 (from PIXELGATE_SERVER_PORT)"),
             std::string::npos);
 }
+
+TEST(Config, BaseUrlPortIsChecked) {
+  const Environment env = {{"MY_KEY", "sk-test"}};
+  auto with_url = [&env](const std::string& url) {
+    return load_error("[backends.oa]\ntype = \"openai\"\nbase_url = \"" + url + "\"\napi_key_env = \"MY_KEY\"\n", env);
+  };
+  EXPECT_NE(with_url("http://127.0.0.1:/v1").find("backends.oa.base_url: has an invalid port \"\""), std::string::npos);
+  EXPECT_NE(with_url("http://127.0.0.1:99999/v1").find("invalid port \"99999\""), std::string::npos);
+  EXPECT_NE(with_url("http://:8080/v1").find("has no host"), std::string::npos);
+  EXPECT_NE(with_url("http://user:pw@127.0.0.1/v1").find("user information"), std::string::npos);
+  EXPECT_EQ(with_url("http://127.0.0.1:9/v1"), "");
+  EXPECT_EQ(with_url("http://[::1]:9/v1"), "");
+  EXPECT_EQ(with_url("https://images.example.test/v1"), "");
+}
