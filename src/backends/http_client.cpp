@@ -4,10 +4,21 @@
 
 #include <mutex>
 
+#include <spdlog/spdlog.h>
+
 #include "core/text.hpp"
 
 namespace pixelgate::backends {
 namespace {
+
+// Returns scheme, host and port of a URL, without path or query, which may
+// carry tokens.
+std::string origin_of(const std::string& url) {
+  const std::size_t scheme_end = url.find("://");
+  if (scheme_end == std::string::npos) return "(invalid URL)";
+  const std::size_t end = url.find_first_of("/?#", scheme_end + 3);
+  return url.substr(0, end);
+}
 
 struct TransferState {
   OutboundResponse* response;
@@ -120,15 +131,18 @@ core::Result<OutboundResponse> perform(const OutboundRequest& request) {
   curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &response.status);
 
   if (code == CURLE_OK) return response;
-  const std::string detail = error_text[0] ? error_text : curl_easy_strerror(code);
   if (state.too_large) {
     return core::Error::bad_gateway("the backend's response exceeds " +
                                     std::to_string(request.max_response_bytes) + " bytes");
   }
+  // libcurl's own text names the address it tried. That goes to the log
+  // only, because error messages reach the public clients of image routes.
+  const std::string detail = error_text[0] ? error_text : curl_easy_strerror(code);
+  spdlog::warn("http client: {} {} failed: {}", request.method, origin_of(request.url), detail);
   if (code == CURLE_OPERATION_TIMEDOUT) {
-    return core::Error{core::ErrorCode::DeadlineExceeded, "request to the backend timed out: " + detail, {}, 0};
+    return core::Error{core::ErrorCode::DeadlineExceeded, "request to the backend timed out", {}, 0};
   }
-  return core::Error::unavailable("request to the backend failed: " + detail, 1);
+  return core::Error::unavailable(std::string("request to the backend failed: ") + curl_easy_strerror(code), 1);
 }
 
 }  // namespace pixelgate::backends
