@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <map>
 #include <set>
 
 #include "core/text.hpp"
@@ -49,11 +50,14 @@ core::Result<generation::ImageRequest> parse_image_query(std::string_view query,
 
 core::Result<generation::ImageRequest> parse_image_params(const core::QueryParams& params, bool template_from_query) {
   generation::ImageRequest request;
-  std::set<std::string> seen;
+  std::map<std::string, std::string> seen;  // canonical name -> the name as given
   bool has_prompt = false;
   for (auto [name, value] : params) {
     const std::string canonical_name = name == "style" && template_from_query ? "template" : name;
-    if (!seen.insert(canonical_name).second) {
+    if (auto [it, inserted] = seen.emplace(canonical_name, name); !inserted) {
+      if (it->second != name) {
+        return core::Error::invalid("give only one of \"template\" and its alias \"style\"", name);
+      }
       return core::Error::invalid("parameter \"" + name + "\" is given more than once", name);
     }
     if (name == "prompt") {

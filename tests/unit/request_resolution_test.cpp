@@ -69,6 +69,17 @@ TEST_F(Resolution, StyleIsTemplateAlias) {
   EXPECT_EQ(key_of("prompt=x&style=hero"), key_of("prompt=x&template=hero"));
 }
 
+TEST(ImageQuery, DuplicateNamesAreRejected) {
+  auto both = api::parse_image_query("prompt=x&template=hero&style=hero", true);
+  ASSERT_FALSE(both.ok());
+  EXPECT_EQ(both.error().message, "give only one of \"template\" and its alias \"style\"");
+  EXPECT_EQ(both.error().param, "style");
+
+  auto twice = api::parse_image_query("prompt=x&template=a&template=b", true);
+  ASSERT_FALSE(twice.ok());
+  EXPECT_EQ(twice.error().message, "parameter \"template\" is given more than once");
+}
+
 TEST_F(Resolution, BackendGetsExactUtf8) {
   auto resolved = resolve_query("prompt=80%25+off+%2B+%F0%9F%90%B6+%E9%9B%AA");
   ASSERT_TRUE(resolved.ok());
