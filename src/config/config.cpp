@@ -337,6 +337,7 @@ void read_s3(TableReader& reader, S3Config& s3, const Environment& env) {
       break;
     }
   }
+
   reader.read_string("endpoint", s3.endpoint);
   reader.read_string("bucket", s3.bucket);
   reader.read_string("region", s3.region);
@@ -349,6 +350,7 @@ void read_s3(TableReader& reader, S3Config& s3, const Environment& env) {
   reader.read_int("connect_timeout_ms", s3.connect_timeout_ms, 1, 600'000);
   reader.read_int("timeout_ms", s3.timeout_ms, 1, 3'600'000);
   reader.read_int("max_attempts", s3.max_attempts, 1, 20);
+
   while (!s3.endpoint.empty() && s3.endpoint.back() == '/') s3.endpoint.pop_back();
   if (s3.endpoint.empty()) {
     reader.error("endpoint", "missing; name the S3 service, e.g. \"https://s3.us-east-1.amazonaws.com\"");
