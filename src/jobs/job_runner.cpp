@@ -173,17 +173,23 @@ void JobRunner::start_job(const Job& job) {
 
 void JobRunner::finish_running(const std::string& job_id, const core::Result<std::vector<JobImage>>& outcome,
                                int deferrals) {
-  // A rate limit passes with time, so the job waits in the queue instead of
-  // failing; images it already produced are cache hits on the next run.
+  // A rate limit or a passing outage (a provider's 429, an open circuit, a
+  // cold pool, Redis away) ends with time, so the job waits in the queue
+  // instead of failing. Images it already produced are cache hits on the
+  // next run. Spend budgets and invalid requests still fail the job.
+  const bool transient = !outcome && (outcome.error().code == core::ErrorCode::ResourceExhausted ||
+                                      outcome.error().code == core::ErrorCode::Unavailable ||
+                                      outcome.error().code == core::ErrorCode::ColdStart);
   bool deferred = false;
-  if (!outcome && outcome.error().code == core::ErrorCode::ResourceExhausted && deferrals < kMaxJobDeferrals) {
+  if (transient && deferrals < kMaxJobDeferrals) {
     const int seconds = std::clamp(outcome.error().retry_after_seconds, 1, kMaxDeferralSeconds);
     auto moved = store_.defer(job_id, seconds);
     if (!moved) {
-      spdlog::error("jobs: deferring rate-limited job {} failed: {}", job_id, moved.error().message);
+      spdlog::error("jobs: deferring job {} failed: {}", job_id, moved.error().message);
     } else if (*moved) {
       deferred = true;
-      spdlog::info("jobs: job {} was rate limited ({}); starting it again in {} s (deferral {} of {})", job_id,
+      spdlog::info("jobs: job {} hit a passing limit or outage ({}); starting it again in {} s (deferral {} of {})",
+                   job_id,
                    outcome.error().message, seconds, deferrals + 1, kMaxJobDeferrals);
     }
   }

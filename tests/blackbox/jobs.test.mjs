@@ -179,6 +179,20 @@ describe('jobs', { timeout: 120_000 }, () => {
     }
   });
 
+  test('transient outage defers the job', async () => {
+    await fake.control({ script: [{ status: 429, retry_after: 1 }] });
+    const before = await generations();
+    const created = jsonBody(await postJob({ model: MODEL, prompt: 'job after a provider outage', size: '1024x1024' }));
+    await waitFor(async () => (await generations()) === before + 1, { timeoutMs: 10_000, message: 'the first call' });
+    await sleep(200);
+    const waiting = await getJob(created.id);
+    assert.notEqual(waiting.status, 'failed', 'a 429 from the provider must not fail the job');
+
+    const done = await waitForStatus(created.id, ['failed', 'succeeded'], 20_000);
+    assert.equal(done.status, 'succeeded', JSON.stringify(done));
+    assert.equal(await generations(), before + 2, 'one failed call, one successful call');
+  });
+
   test('failed job reports the error and its webhook', async () => {
     await fake.control({ script: [{ status: 400, message: 'scripted rejection', param: 'prompt' }] });
     const created = jsonBody(
