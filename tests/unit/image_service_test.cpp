@@ -1,5 +1,5 @@
 // Coalescing and failure handling of the miss path, with an in-process
-// backend that counts calls and can be held or made to fail.
+// backend that counts calls and can be held or made to fail (HeldBackend).
 #include <gtest/gtest.h>
 
 #include <condition_variable>
@@ -12,57 +12,13 @@
 #include "generation/cache_key.hpp"
 #include "generation/image_service.hpp"
 #include "imaging/image.hpp"
+#include "held_backend.hpp"
 #include "storage/disk_store.hpp"
 
 using namespace pixelgate;
 namespace fs = std::filesystem;
 
 namespace {
-
-class CountingBackend final : public backends::Backend {
- public:
-  const std::string& name() const override { return name_; }
-  std::string_view type() const override { return "counting"; }
-  int adapter_version() const override { return 1; }
-  const std::string& default_model() const override { return name_; }
-  bool honours_seed() const override { return true; }
-  bool supports_negative_prompt() const override { return false; }
-  std::optional<double> list_price(const core::GenerationSpec&) const override { return 0.25; }
-  core::Status validate(const core::GenerationSpec&) const override { return core::Ok{}; }
-
-  core::Result<backends::GeneratedImage> generate(const core::GenerationSpec& spec,
-                                                  const backends::GenerateContext&) override {
-    calls.fetch_add(1);
-    {
-      std::unique_lock lock(mutex);
-      released.wait(lock, [this] { return open; });
-    }
-    if (fail) return core::Error::bad_gateway("scripted failure");
-    imaging::PlaceholderRequest request;
-    request.prompt = spec.prompt;
-    request.width = spec.width;
-    request.height = spec.height;
-    backends::GeneratedImage image;
-    image.bytes = imaging::render_placeholder(request).value();
-    image.cost_usd = 0.25;
-    return image;
-  }
-
-  void release() {
-    std::lock_guard lock(mutex);
-    open = true;
-    released.notify_all();
-  }
-
-  std::atomic<int> calls{0};
-  std::atomic<bool> fail{false};
-  std::mutex mutex;
-  std::condition_variable released;
-  bool open = false;
-
- private:
-  std::string name_ = "counting";
-};
 
 const core::GenerationCaller kCaller{"anonymous", "127.0.0.1"};
 
@@ -130,7 +86,7 @@ class ImageServiceTest : public ::testing::Test {
   }
 
   fs::path root_;
-  CountingBackend backend_;
+  test_support::HeldBackend backend_{"counting", 0.25};
   std::unique_ptr<storage::DiskStore> store_;
   storage::HotCache hot_cache_{64 * 1024 * 1024, 8 * 1024 * 1024};
   core::WorkerPool workers_{4, 64};

@@ -19,6 +19,7 @@
 #include "core/hash.hpp"
 #include "generation/cache_key.hpp"
 #include "generation/image_service.hpp"
+#include "held_backend.hpp"
 #include "imaging/image.hpp"
 #include "jobs/address_guard.hpp"
 #include "jobs/job_runner.hpp"
@@ -440,45 +441,7 @@ TEST_F(JobStoreTest, ExpiresOldFinishedJobsOnly) {
   EXPECT_TRUE(store->find(recent)->has_value());
 }
 
-// A backend that holds every call until released.
-class HeldBackend final : public backends::Backend {
- public:
-  const std::string& name() const override { return name_; }
-  std::string_view type() const override { return "held"; }
-  int adapter_version() const override { return 1; }
-  const std::string& default_model() const override { return name_; }
-  bool honours_seed() const override { return true; }
-  bool supports_negative_prompt() const override { return false; }
-  std::optional<double> list_price(const core::GenerationSpec&) const override { return 0.0; }
-  core::Status validate(const core::GenerationSpec&) const override { return core::Ok{}; }
-  core::Result<backends::GeneratedImage> generate(const core::GenerationSpec& spec,
-                                                  const backends::GenerateContext&) override {
-    calls.fetch_add(1);
-    {
-      std::unique_lock lock(mutex);
-      released.wait(lock, [this] { return open; });
-    }
-    imaging::PlaceholderRequest request;
-    request.prompt = spec.prompt;
-    request.width = spec.width;
-    request.height = spec.height;
-    backends::GeneratedImage image;
-    image.bytes = imaging::render_placeholder(request).value();
-    return image;
-  }
-  void release() {
-    std::lock_guard lock(mutex);
-    open = true;
-    released.notify_all();
-  }
-  std::atomic<int> calls{0};
-  std::mutex mutex;
-  std::condition_variable released;
-  bool open = false;
-
- private:
-  std::string name_ = "held";
-};
+using pixelgate::test_support::HeldBackend;
 
 generation::ResolvedRequest resolved_for(HeldBackend& backend, const std::string& prompt) {
   generation::ResolvedRequest resolved;
