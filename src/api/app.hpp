@@ -56,10 +56,10 @@ class App {
   void handle_job_create(const http::Request& request, http::Responder responder);
   void handle_job_get(const http::Request& request, http::Responder responder, std::string_view id);
 
-  // For a request with `Prefer: wait=N` whose caller may read jobs, returns
-  // the reply that turns into a 202 with a job after N seconds; null
-  // otherwise. `stored_request` is the job request to store (see
-  // make_job_resolver).
+  // Returns, for a request with `Prefer: wait=N` whose caller may read jobs,
+  // the reply that turns into a 202 with a job after N seconds. Returns null
+  // otherwise. `stored_request` is the job request to store, as
+  // make_job_resolver reads it.
   std::shared_ptr<DeferredReply> defer_after_wait(const http::Request& request, const admission::Admission& admitted,
                                                   std::string stored_request, const http::Responder& responder);
 

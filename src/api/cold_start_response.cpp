@@ -23,8 +23,9 @@ std::optional<http::Response> cold_start_placeholder(const core::Error& error, c
   }
 
   // 503 with no-store keeps caches from storing the card as the image of
-  // this URL and asks clients to retry. Browsers generally still draw an
-  // image body sent with an error status; no test here checks that.
+  // this URL, and Retry-After gives clients the time to try again.
+  // NOTE: browsers are expected to draw an image body sent with an error
+  // status, but no test here checks that.
   http::Response response;
   response.status = 503;
   response.set_body(std::move(png).value(), "image/png");

@@ -489,7 +489,7 @@ void read_backend(TableReader& reader, BackendConfig& backend, const Environment
 }
 
 // The self-hosted types that run as a pool, with the default readiness path:
-// a cheap GET that each server answers with 200 once its API is up.
+// a cheap GET that each server returns 200 for once its API is up.
 const std::map<std::string, std::string> kPoolReadyPaths = {
     {"a1111", "/sdapi/v1/options"}, {"sdcpp", "/sdcpp/v1/capabilities"}, {"comfyui", "/system_stats"}};
 

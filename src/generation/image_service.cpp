@@ -248,7 +248,7 @@ core::Result<ImageOutcome> ImageService::generate_under_lease(const ResolvedRequ
     }
     if (*acquired) {
       const core::LeaseHandle handle = **acquired;
-      spdlog::debug("generation: request {} holds the lease on {} (fence {})", request_id, resolved.key, handle.fence);
+      spdlog::debug("generation: request {} acquired the lease on {} (fence {})", request_id, resolved.key, handle.fence);
       LeaseKeeper keeper(*options_.lease, resolved.key, handle, options_.lease_ttl);
       // Another replica may have stored the image between the first lookup
       // and this lease.
@@ -318,8 +318,8 @@ core::Result<ImageOutcome> ImageService::generate(const ResolvedRequest& resolve
   const auto deadline = Clock::now() + options_.generation_timeout;
 
   std::optional<core::Error> last_error;
-  // A pool that is warming up tells the client when to retry, which is more
-  // use than a fallback's failure.
+  // A warming pool's error carries a Retry-After for the client, which is
+  // more useful than a fallback's failure.
   std::optional<core::Error> cold_start;
   for (std::size_t i = 0; i < candidates.size(); ++i) {
     const Candidate& candidate = candidates[i];

@@ -35,9 +35,8 @@ std::string error_json(const core::Error& error);
 // process cannot do so forever.
 inline constexpr int kMaxJobAttempts = 3;
 
-// A job whose generation a rate limit rejects goes back to the queue until
-// the limit allows it, at most this many times; then it fails with the
-// rate_limited error.
+// How many times a job goes back to the queue after a rate limit or a
+// passing outage. After that it fails with the error it last got.
 inline constexpr int kMaxJobDeferrals = 20;
 
 // Thread-safety: all public members may be called from any thread.

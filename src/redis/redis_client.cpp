@@ -435,7 +435,7 @@ core::Status RedisClient::ping() {
   auto reply = command({"PING"});
   if (!reply) return std::move(reply).error();
   if (reply->text != "PONG") {
-    return core::Error::unavailable("Redis at " + endpoint_.display() + " answered PING with \"" + reply->text + "\"",
+    return core::Error::unavailable("Redis at " + endpoint_.display() + " returned \"" + reply->text + "\" to PING instead of PONG",
                                     kRetryAfterSeconds);
   }
   return core::Ok{};

@@ -128,8 +128,8 @@ describe('redirect to presigned URLs', { timeout: 60_000 }, () => {
   });
 
   test('stored image route redirects too', async () => {
-    const made = await server.get('/generate-image?prompt=a+permanent+link');
-    const key = made.headers['x-pixelgate-key'];
+    const generated = await server.get('/generate-image?prompt=a+permanent+link');
+    const key = generated.headers['x-pixelgate-key'];
     const response = await server.get(`/images/${key}.png`);
     assert.equal(response.status, 302);
     assert.equal(new URL(response.headers.location).pathname, `/${s3.bucket}/${PREFIX}${key}`);
@@ -150,7 +150,7 @@ describe('redirect to presigned URLs', { timeout: 60_000 }, () => {
 describe('redirect to a CDN base URL', { timeout: 60_000 }, () => {
   let server;
   before(async () => {
-    // A loopback address stands in for the CDN; nothing is fetched from it.
+    // A loopback address replaces the CDN host. Nothing is fetched from it.
     server = await startWith('cdn', { delivery: 'redirect', redirect_base_url: 'http://127.0.0.1:9/cdn' });
   });
   after(async () => {

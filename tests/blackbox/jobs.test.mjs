@@ -46,7 +46,7 @@ async function startGateway(path = configPath) {
   return startPixelgate(path, { env: { [SECRET_ENV]: SECRET } });
 }
 
-/** A webhook receiver on 127.0.0.1 that records each request and responds with scripted statuses (default 200). */
+/** Starts a webhook receiver on 127.0.0.1 that records each request and responds with scripted statuses (default 200). */
 async function startReceiver() {
   const received = [];
   const statuses = [];
@@ -85,13 +85,13 @@ async function getJob(id, headers = {}) {
   return jsonBody(response);
 }
 
-async function waitForStatus(id, wanted, timeoutMs = 15_000, headers = {}) {
+async function waitForStatus(id, expected, timeoutMs = 15_000, headers = {}) {
   return waitFor(
     async () => {
       const job = await getJob(id, headers);
-      return wanted.includes(job.status) ? job : null;
+      return expected.includes(job.status) ? job : null;
     },
-    { timeoutMs, intervalMs: 50, message: `job ${id} to reach ${wanted.join(' or ')}` },
+    { timeoutMs, intervalMs: 50, message: `job ${id} to reach ${expected.join(' or ')}` },
   );
 }
 

@@ -23,8 +23,10 @@ async function startCluster(count, { rateLimits = {}, fakeDelayMs = 0 } = {}) {
   cluster.dir = await mkdtemp(join(tmpdir(), 'pixelgate-replicas-'));
   cluster.fake = await startFake();
   await cluster.fake.control({ delay_ms: fakeDelayMs });
+
   cluster.redis = await startRedis();
   cluster.s3 = await startS3rver();
+
   cluster.configPath = join(cluster.dir, 'pixelgate.toml');
   const config = {
     server: { port: 0, threads: 2 },
@@ -44,15 +46,18 @@ async function startCluster(count, { rateLimits = {}, fakeDelayMs = 0 } = {}) {
     AWS_ACCESS_KEY_ID: cluster.s3.credentials.accessKeyId,
     AWS_SECRET_ACCESS_KEY: cluster.s3.credentials.secretAccessKey,
   };
+
   for (let i = 0; i < count; i += 1) {
     cluster.replicas.push(await startPixelgate(cluster.configPath, { env: cluster.env }));
   }
+
   cluster.s3client = new S3Client({
     endpoint: cluster.s3.endpoint,
     region: 'us-east-1',
     forcePathStyle: true,
     credentials: cluster.s3.credentials,
   });
+
   cluster.close = async () => {
     for (const replica of cluster.replicas) {
       if (replica.child.exitCode === null && replica.child.signalCode === null) await replica.stop();
@@ -90,7 +95,7 @@ describe('three replicas, one Redis, one bucket', { timeout: 180_000 }, () => {
     assert.ok(responses.every((response) => response.body.equals(first)), 'all 300 bodies are identical');
     assert.equal((await cluster.fake.stats()).generations, 1);
 
-    // One replica generated the image, and the bucket holds exactly those bytes.
+    // One replica generated the image, and the bucket contains exactly those bytes.
     const states = new Set(responses.map((response) => response.headers['x-pixelgate-cache']));
     assert.ok(states.has('miss'));
     assert.ok((await s3Bytes(cluster, responses[0].headers['x-pixelgate-key'])).equals(first));
@@ -99,13 +104,13 @@ describe('three replicas, one Redis, one bucket', { timeout: 180_000 }, () => {
 
   test('other replica reads shared store', async () => {
     const path = '/generate-image?prompt=made+on+replica+zero';
-    const made = await cluster.replicas[0].get(path);
-    assert.equal(made.status, 200);
+    const generated = await cluster.replicas[0].get(path);
+    assert.equal(generated.status, 200);
     const generations = (await cluster.fake.stats()).generations;
     const elsewhere = await cluster.replicas[2].get(path);
     assert.equal(elsewhere.status, 200);
     assert.equal(elsewhere.headers['x-pixelgate-cache'], 'hit');
-    assert.ok(elsewhere.body.equals(made.body));
+    assert.ok(elsewhere.body.equals(generated.body));
     assert.equal((await cluster.fake.stats()).generations, generations);
   });
 
@@ -119,7 +124,7 @@ describe('three replicas, one Redis, one bucket', { timeout: 180_000 }, () => {
       timeoutMs: 10_000,
       message: 'the first replica to call the backend',
     });
-    // The second replica finds the lease taken and waits for the image.
+    // The second replica finds the lease held and waits for the image.
     const waiting = cluster.replicas[1].get(path, { timeoutMs: 30_000 });
     await sleep(300);
     assert.equal((await cluster.fake.stats()).generations, before + 1, 'the waiter must not call the backend');
@@ -129,10 +134,10 @@ describe('three replicas, one Redis, one bucket', { timeout: 180_000 }, () => {
     assert.ok(failed instanceof Error, 'the killed replica cannot answer');
 
     await cluster.fake.control({ delay_ms: 0 });
-    const taken = await waiting;
-    assert.equal(taken.status, 200, String(taken.body));
+    const takeover = await waiting;
+    assert.equal(takeover.status, 200, String(takeover.body));
     assert.equal((await cluster.fake.stats()).generations, before + 2, 'at most one more generation');
-    assert.ok((await s3Bytes(cluster, taken.headers['x-pixelgate-key'])).equals(taken.body));
+    assert.ok((await s3Bytes(cluster, takeover.headers['x-pixelgate-key'])).equals(takeover.body));
   });
 
   test('Redis outage keeps hits, rejects misses', async () => {
@@ -150,10 +155,10 @@ describe('three replicas, one Redis, one bucket', { timeout: 180_000 }, () => {
       assert.equal(storeHit.status, 200);
 
       const generations = (await cluster.fake.stats()).generations;
-      const refused = await replica.get('/generate-image?prompt=new+during+the+outage');
-      assert.equal(refused.status, 503);
-      assert.ok(Number(refused.headers['retry-after']) > 0);
-      assert.equal(refused.headers['cache-control'], 'no-store');
+      const rejected = await replica.get('/generate-image?prompt=new+during+the+outage');
+      assert.equal(rejected.status, 503);
+      assert.ok(Number(rejected.headers['retry-after']) > 0);
+      assert.equal(rejected.headers['cache-control'], 'no-store');
       assert.equal((await cluster.fake.stats()).generations, generations, 'no backend call while Redis is down');
 
       const ready = await replica.get('/readyz');

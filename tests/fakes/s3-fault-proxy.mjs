@@ -8,11 +8,11 @@
 //   - emulates AWS's conditional PUT: "If-None-Match: *" on an existing
 //     object gets 412 PreconditionFailed (s3rver 3.7 ignores the header on PUT);
 //   - counts requests by method.
-// It also verifies each request's AWS Signature Version 4, header or query
-// form, with its own node:crypto code and S3's encoding rules, because
-// s3rver 3.7 checks only the access key id of a V4 request and never the
-// signature (lib/middleware/authentication.js: "Signature version 4
-// calculation is unimplemeneted"). Core modules only.
+// It also verifies each request's AWS Signature Version 4, in header or query
+// form, with its own node:crypto code and S3's encoding rules. s3rver 3.7
+// checks only the access key id of a V4 request, never the signature (its
+// lib/middleware/authentication.js: "Signature version 4 calculation is
+// unimplemeneted"). The proxy uses Node.js core modules only.
 
 import { createHash, createHmac, randomUUID, timingSafeEqual } from 'node:crypto';
 import { createServer, request as httpRequest } from 'node:http';
