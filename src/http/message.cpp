@@ -45,18 +45,29 @@ void Response::set_body(std::string content, std::string content_type) {
   set_header("Content-Type", std::move(content_type));
 }
 
-struct Responder::State {
-  SendFunction send;
-  std::atomic<bool> sent{false};
+namespace {
+
+// The sink behind a Responder made from a plain function: one ticket only.
+class FunctionSink final : public ResponseSink {
+ public:
+  explicit FunctionSink(Responder::SendFunction send) : send_(std::move(send)) {}
+  void deliver(std::uint64_t, Response&& response) override {
+    if (sent_.exchange(true)) return;
+    send_(std::move(response));
+  }
+
+ private:
+  Responder::SendFunction send_;
+  std::atomic<bool> sent_{false};
 };
 
-Responder::Responder(SendFunction send) : state_(std::make_shared<State>()) { state_->send = std::move(send); }
+}  // namespace
 
-void Responder::send(Response&& response) const {
-  if (state_->sent.exchange(true)) return;
-  state_->send(std::move(response));
-}
+Responder::Responder(SendFunction send) : sink_(std::make_shared<FunctionSink>(std::move(send))), ticket_(1) {}
 
-bool Responder::sent() const noexcept { return state_->sent.load(); }
+Responder::Responder(std::shared_ptr<ResponseSink> sink, std::uint64_t ticket) noexcept
+    : sink_(std::move(sink)), ticket_(ticket) {}
+
+void Responder::send(Response&& response) const { sink_->deliver(ticket_, std::move(response)); }
 
 }  // namespace pixelgate::http

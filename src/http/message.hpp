@@ -3,12 +3,15 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "core/open_file.hpp"
 
 namespace pixelgate::http {
 
@@ -37,26 +40,41 @@ struct Response {
   std::vector<Header> headers;
   // Shared so that cached image bytes go out without a copy. May be null.
   std::shared_ptr<const std::string> body;
+  // Optional: an open file that contains exactly the bytes of `body`. The
+  // server sends it with sendfile(2), which skips one copy through user
+  // memory. `body` still gives the size and is the fallback.
+  std::shared_ptr<const core::OpenFile> file;
 
   void set_header(std::string name, std::string value);
   std::optional<std::string_view> header(std::string_view name) const;
   void set_body(std::string content, std::string content_type);
 };
 
+// Receives the response to one request. The server's connection implements
+// it. `ticket` identifies the request on its connection, so a late response
+// to an earlier request is never sent in place of a later one's.
+class ResponseSink {
+ public:
+  virtual ~ResponseSink() = default;
+  // Only the first call for a ticket counts. May be called on any thread.
+  virtual void deliver(std::uint64_t ticket, Response&& response) = 0;
+};
+
 // Sends the one response for a request. Copies share state; the first send()
 // wins and later calls are ignored. Thread-safe: send() may run on any thread,
-// and the write happens on the connection's own executor. When the client has
+// and the write happens on the connection's own thread. When the client has
 // gone away, send() does nothing.
 class Responder {
  public:
   using SendFunction = std::function<void(Response&&)>;
+  // Wraps a function, for callers outside the server such as tests.
   explicit Responder(SendFunction send);
+  Responder(std::shared_ptr<ResponseSink> sink, std::uint64_t ticket) noexcept;
   void send(Response&& response) const;
-  bool sent() const noexcept;
 
  private:
-  struct State;
-  std::shared_ptr<State> state_;
+  std::shared_ptr<ResponseSink> sink_;
+  std::uint64_t ticket_ = 0;
 };
 
 using Handler = std::function<void(Request&& request, Responder responder)>;
