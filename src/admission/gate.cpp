@@ -137,11 +137,25 @@ void Gate::add_rate_headers(Admission& admission, const RatePolicy& policy, cons
   admission.headers.emplace_back("RateLimit", rate_limit_header(policy, decision));
 }
 
+core::Status load_params(Admission& admission, std::string_view query) {
+  if (!admission.params_pending) return core::Ok{};
+  auto params = core::parse_query(query);
+  if (!params) {
+    const std::string name = core::malformed_parameter(query);
+    return core::Error::invalid(
+        "parameter \"" + name + "\" has a malformed percent-escape; write % as %25 and escapes as %XX", name);
+  }
+  admission.params = std::move(*params);
+  admission.params_pending = false;
+  return core::Ok{};
+}
+
 Admission Gate::admit(const RequestInfo& request, RouteKind route) const {
   Admission admission;
   admission.caller.client_address = client_address(request.remote_address, request.x_forwarded_for, request.forwarded,
                                                    trusted_proxies_);
   const std::string& mode = config_.security.mode;
+  bool signed_url = false;
 
   // 1. Who is asking: an API key, a signed URL, or an anonymous caller.
   if (!request.authorization.empty()) {
@@ -165,6 +179,7 @@ Admission Gate::admit(const RequestInfo& request, RouteKind route) const {
       admission.caller.principal = std::string(kApiKeyPrefix) + key->name;
     }
   } else if (route == RouteKind::ImageUrl && has_signature(request.query)) {
+    signed_url = true;
     auto verified = verify_signed_request(request.path, request.query, signing_keys_, clock_);
     if (!verified) {
       spdlog::info("admission: rejected a signed URL from {}: {}", admission.caller.client_address,
@@ -191,16 +206,7 @@ Admission Gate::admit(const RequestInfo& request, RouteKind route) const {
     return admission;
   }
 
-  if (route == RouteKind::ImageUrl && admission.params.empty()) {
-    auto params = core::parse_query(request.query);
-    if (!params) {
-      const std::string name = core::malformed_parameter(request.query);
-      admission.error = core::Error::invalid(
-          "parameter \"" + name + "\" has a malformed percent-escape; write % as %25 and escapes as %XX", name);
-      return admission;
-    }
-    admission.params = std::move(*params);
-  }
+  if (route == RouteKind::ImageUrl && !signed_url) admission.params_pending = true;
 
   // 2. How fast: API keys have their own bucket, everyone else shares the
   // bucket of their client address.

@@ -42,12 +42,21 @@ struct Admission {
   core::GenerationCaller caller;
   // Query parameters for the image request: without sig, kid and exp.
   core::QueryParams params;
+  // True for an unsigned image URL whose query is not parsed yet: parsing
+  // it is left to load_params(), because a request whose resolution is
+  // cached under its raw query never needs the parameters.
+  bool params_pending = false;
   // True when only public templates may be used (mode "templates", no
   // signature or key).
   bool public_templates_only = false;
   // RateLimit-Policy, RateLimit and, on rejection, WWW-Authenticate headers.
   std::vector<std::pair<std::string, std::string>> headers;
 };
+
+// Parses the query into `admission.params` when params_pending is set.
+// Returns InvalidArgument, naming the parameter, for a malformed
+// percent-escape.
+core::Status load_params(Admission& admission, std::string_view query);
 
 // Returns the key to hand out and the line to put in the configuration.
 struct NewApiKey {

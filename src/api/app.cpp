@@ -196,6 +196,9 @@ void App::handle_image(const http::Request& request, http::Responder responder, 
   const std::string resolution_id = std::string(template_name) + "?" + request.query;
   std::shared_ptr<const generation::ResolvedRequest> resolved = context_.resolutions.find(resolution_id);
   if (!resolved) {
+    if (auto loaded = admission::load_params(*admitted, request.query); !loaded) {
+      return responder.send(error_response(loaded.error()));
+    }
     auto parsed = parse_image_params(admitted->params, template_name.empty());
     if (!parsed) return responder.send(error_response(parsed.error()));
     if (!template_name.empty()) parsed->template_name = std::string(template_name);
@@ -215,27 +218,33 @@ void App::handle_image(const http::Request& request, http::Responder responder, 
 
   const bool random = resolved->spec.random_seed;
   const auto policy = random ? delivery::CachePolicy::NoStore : delivery::CachePolicy::Immutable;
-  const std::string if_none_match(request.header("If-None-Match").value_or(""));
+  const std::string_view if_none_match = request.header("If-None-Match").value_or("");
   const bool placeholder = resolved->backend->is_placeholder();
-  const std::string key = resolved->key;
+  const std::string& key = resolved->key;
 
   // The key fixes the bytes, so a client that has this ETag already has
   // them: respond 304 without touching the cache.
-  if (!random && !if_none_match.empty() &&
-      delivery::if_none_match_matches(if_none_match, delivery::etag_for_key(key))) {
-    http::Response response;
-    response.status = 304;
-    response.set_header("ETag", delivery::etag_for_key(key));
-    response.set_header("Cache-Control", request.header("Authorization").value_or("").empty()
-                                             ? "public, max-age=31536000, immutable"
-                                             : "private, max-age=31536000, immutable");
-    response.set_header("X-Pixelgate-Cache", "hit");
-    return responder.send(std::move(response));
+  if (!random && !if_none_match.empty()) {
+    std::string etag = delivery::etag_for_key(key);
+    if (delivery::if_none_match_matches(if_none_match, etag)) {
+      http::Response response;
+      response.status = 304;
+      response.headers.reserve(3);
+      response.headers.push_back({"ETag", std::move(etag)});
+      response.headers.push_back({"Cache-Control", request.header("Authorization").value_or("").empty()
+                                                       ? "public, max-age=31536000, immutable"
+                                                       : "private, max-age=31536000, immutable"});
+      response.headers.push_back({"X-Pixelgate-Cache", "hit"});
+      return responder.send(std::move(response));
+    }
   }
 
   // With `Prefer: wait=N`, a generation that takes longer becomes a job.
   std::shared_ptr<DeferredReply> deferral;
   if (request.header("Prefer")) {
+    if (auto loaded = admission::load_params(*admitted, request.query); !loaded) {
+      return responder.send(error_response(loaded.error()));
+    }
     nlohmann::json stored_params = nlohmann::json::array();
     for (const auto& [name, value] : admitted->params) stored_params.push_back({name, value});
     const nlohmann::json stored_request = {{"route", "image"},
@@ -247,7 +256,7 @@ void App::handle_image(const http::Request& request, http::Responder responder, 
 
   context_.images.fetch_or_generate(
       *resolved, request.request_id, admitted->caller,
-      [this, responder, policy, if_none_match, placeholder, resolve_ms, started, key, deferral,
+      [this, responder, policy, if_none_match = std::string(if_none_match), placeholder, resolve_ms, started, key, deferral,
        template_tag = resolved->spec.template_name,
        cold_start_placeholder_spec = resolved->cold_start == "placeholder" ? std::optional(resolved->spec) : std::nullopt,
        private_response = !request.header("Authorization").value_or("").empty()](core::Result<generation::ImageOutcome> outcome) {
@@ -265,6 +274,7 @@ void App::handle_image(const http::Request& request, http::Responder responder, 
         auto redirect = redirect_to(*outcome->image, effective_policy);
         auto response = redirect ? std::move(*redirect)
                                  : to_http(delivery::build_image_response(*outcome->image, effective_policy, if_none_match));
+        attach_file(response, outcome->image);
         response.set_header("X-Pixelgate-Cache", std::string(generation::to_string(outcome->state)));
         response.set_header("X-Pixelgate-Key", outcome->image->key);
         response.set_header("Surrogate-Key", surrogate_keys(outcome->image->key, template_tag));
@@ -301,17 +311,35 @@ void App::handle_stored_image(const http::Request& request, http::Responder resp
   if (!storage::is_valid_key(key)) {
     return responder.send(error_response(core::Error::not_found("no image is stored under \"" + std::string(name) + "\"")));
   }
-  const std::string if_none_match(request.header("If-None-Match").value_or(""));
-  context_.images.fetch_stored(key, [this, responder, if_none_match](core::Result<generation::ImageOutcome> outcome) {
+  const std::string_view if_none_match = request.header("If-None-Match").value_or("");
+  // A hit in memory gets its response here, without a trip through the service.
+  if (auto image = context_.images.find_hot(key)) {
+    return responder.send(stored_image_response(image, if_none_match));
+  }
+  context_.images.fetch_stored(key, [this, responder, if_none_match = std::string(if_none_match)](
+                                        core::Result<generation::ImageOutcome> outcome) {
     if (!outcome) return responder.send(error_response(outcome.error()));
-    auto redirect = redirect_to(*outcome->image, delivery::CachePolicy::Immutable);
-    auto response = redirect ? std::move(*redirect)
-                             : to_http(delivery::build_image_response(*outcome->image,
-                                                                      delivery::CachePolicy::Immutable, if_none_match));
-    response.set_header("X-Pixelgate-Cache", "hit");
-    response.set_header("Surrogate-Key", surrogate_keys(outcome->image->key, {}));
-    responder.send(std::move(response));
+    responder.send(stored_image_response(outcome->image, if_none_match));
   });
+}
+
+http::Response App::stored_image_response(const std::shared_ptr<const storage::CachedImage>& image,
+                                          std::string_view if_none_match) {
+  auto redirect = redirect_to(*image, delivery::CachePolicy::Immutable);
+  auto response = redirect ? std::move(*redirect)
+                           : to_http(delivery::build_image_response(*image, delivery::CachePolicy::Immutable,
+                                                                    if_none_match));
+  attach_file(response, image);
+  response.headers.push_back({"X-Pixelgate-Cache", "hit"});
+  response.headers.push_back({"Surrogate-Key", surrogate_keys(image->key, {})});
+  return response;
+}
+
+void App::attach_file(http::Response& response, const std::shared_ptr<const storage::CachedImage>& image) {
+  // Only a response whose body is the image itself may be sent from its file.
+  if (response.status == 200 && response.body && response.body == image->bytes) {
+    response.file = context_.images.sendable_file(image);
+  }
 }
 
 std::optional<http::Response> App::redirect_to(const storage::CachedImage& image,

@@ -50,6 +50,9 @@ class App {
  private:
   void handle_image(const http::Request& request, http::Responder responder, std::string_view template_name);
   void handle_stored_image(const http::Request& request, http::Responder responder, std::string_view name);
+  // The response for GET /images/{key} once the image is at hand.
+  http::Response stored_image_response(const std::shared_ptr<const storage::CachedImage>& image,
+                                       std::string_view if_none_match);
   void handle_openai_generations(const http::Request& request, http::Responder responder);
   void handle_ready(http::Responder responder);
   void handle_admin_status(const http::Request& request, http::Responder responder);
@@ -79,6 +82,8 @@ class App {
   // Returns the origin of absolute URLs in JSON responses, e.g. "http://127.0.0.1:8080".
   std::string base_url(std::string_view host_header) const;
 
+  // Lets the server send the image from its open file with sendfile(2).
+  void attach_file(http::Response& response, const std::shared_ptr<const storage::CachedImage>& image);
   AppContext context_;
 };
 

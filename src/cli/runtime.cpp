@@ -122,6 +122,7 @@ core::Result<std::unique_ptr<Runtime>> build_runtime(config::Config config) {
   runtime->health = std::make_unique<generation::BackendHealth>(cfg, runtime->clock);
   options.health = runtime->health.get();
   options.refusal_ttl = std::chrono::milliseconds(cfg.limits.refusal_cache_ms);
+  options.open_files = static_cast<std::size_t>(cfg.storage.open_files);
   if (runtime->lease) {
     options.lease = runtime->lease.get();
     options.lease_ttl = std::chrono::milliseconds(cfg.redis.lease_ttl_ms);

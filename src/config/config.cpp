@@ -372,6 +372,7 @@ void read_storage(TableReader& reader, StorageConfig& storage, const toml::table
   if (storage.path.empty()) reader.error("path", "must not be empty");
   reader.read_int64("hot_cache_bytes", storage.hot_cache_bytes, 0, 1LL << 40);
   reader.read_int64("hot_cache_max_object_bytes", storage.hot_cache_max_object_bytes, 0, 1LL << 32);
+  reader.read_int("open_files", storage.open_files, 0, 1'000'000);
   reader.read_string("delivery", storage.delivery, {"proxy", "redirect"});
   reader.read_string("redirect_base_url", storage.redirect_base_url);
   reader.read_int("presign_seconds", storage.presign_seconds, 1, 7 * 24 * 3600);

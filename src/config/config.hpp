@@ -64,6 +64,8 @@ struct StorageConfig {
   std::string path = "./data";
   std::int64_t hot_cache_bytes = 256LL * 1024 * 1024;
   std::int64_t hot_cache_max_object_bytes = 8LL * 1024 * 1024;
+  // Disk: image files kept open, so hits are sent with sendfile(2).
+  int open_files = 1000;
   S3Config s3;
   // How image bytes reach clients: "proxy" (pixelgate sends them) or
   // "redirect" (a 302 to redirect_base_url + "/" + object name, or, when that

@@ -42,6 +42,7 @@ bool if_none_match_matches(std::string_view header_value, std::string_view etag)
 ImageResponse build_image_response(const storage::CachedImage& image, CachePolicy policy,
                                    std::string_view if_none_match) {
   ImageResponse response;
+  response.headers.reserve(4);
   const std::string etag = etag_for_key(image.key);
   response.headers.emplace_back("ETag", etag);
   response.headers.emplace_back("Cache-Control", std::string(policy == CachePolicy::Immutable ? kImmutable : kNoStore));

@@ -82,7 +82,21 @@ std::shared_ptr<const storage::CachedImage> make_cached_image(const std::string&
 
 ImageService::ImageService(storage::ObjectStore& store, storage::HotCache& hot_cache, core::WorkerPool& workers,
                            ImageServiceOptions options)
-    : store_(store), hot_cache_(hot_cache), workers_(workers), options_(options) {}
+    : store_(store),
+      hot_cache_(hot_cache),
+      workers_(workers),
+      options_(options),
+      open_files_(store, options.open_files) {}
+
+std::shared_ptr<const core::OpenFile> ImageService::sendable_file(
+    const std::shared_ptr<const storage::CachedImage>& image) {
+  bool should_open = false;
+  auto file = open_files_.find(*image, &should_open);
+  if (should_open && !workers_.try_submit([this, image] { open_files_.open(*image); })) {
+    open_files_.open_skipped(*image);
+  }
+  return file;
+}
 
 std::shared_ptr<const storage::CachedImage> ImageService::find_hot(const std::string& key) {
   return hot_cache_.find(key);

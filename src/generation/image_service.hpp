@@ -20,6 +20,7 @@
 #include "imaging/image.hpp"
 #include "storage/hot_cache.hpp"
 #include "storage/object_store.hpp"
+#include "storage/open_file_cache.hpp"
 
 namespace pixelgate::generation {
 
@@ -63,6 +64,8 @@ struct ImageServiceOptions {
   core::GenerationLease* lease = nullptr;
   std::chrono::milliseconds lease_ttl{15'000};   // renewed every third of it
   std::chrono::milliseconds lease_poll{200};     // how often a waiting replica looks for the image
+  // Image files kept open for sendfile(2); 0 sends every image from memory.
+  std::size_t open_files = 1000;
 };
 
 // Thread-safety: all public members may be called from any thread. Every
@@ -78,6 +81,11 @@ class ImageService {
 
   // Returns the image from the hot cache, or null, without blocking.
   std::shared_ptr<const storage::CachedImage> find_hot(const std::string& key);
+
+  // Returns an open file holding exactly `image->bytes` when the store keeps
+  // one on local disk and it is already open; null otherwise. Never blocks:
+  // on a miss the file is opened on the worker pool for later requests.
+  std::shared_ptr<const core::OpenFile> sendable_file(const std::shared_ptr<const storage::CachedImage>& image);
 
   // Serves `resolved` from the store or generates it, coalescing concurrent
   // requests for the same key into one backend call. The first caller of a
@@ -125,6 +133,7 @@ class ImageService {
   storage::HotCache& hot_cache_;
   core::WorkerPool& workers_;
   ImageServiceOptions options_;
+  storage::OpenFileCache open_files_;
 
   mutable std::mutex mutex_;
   std::condition_variable idle_;

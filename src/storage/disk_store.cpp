@@ -107,6 +107,11 @@ fs::path DiskStore::object_path(const std::string& key) const {
   return root_ / "objects" / key.substr(0, 2) / key.substr(2, 2) / key;
 }
 
+std::optional<fs::path> DiskStore::local_file(const std::string& key) const {
+  if (!is_valid_key(key)) return std::nullopt;
+  return object_path(key);
+}
+
 core::Result<std::optional<StoredObject>> DiskStore::find(const std::string& key) {
   if (!is_valid_key(key)) return core::Error::invalid("invalid object key \"" + key + "\"");
   const fs::path path = object_path(key);

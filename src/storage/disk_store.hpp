@@ -27,6 +27,7 @@ class DiskStore final : public ObjectStore {
   core::Status list(const std::function<bool(const std::string& key)>& visit) override;
   core::Status check_writable() override;
   std::string describe() const override;
+  std::optional<std::filesystem::path> local_file(const std::string& key) const override;
 
   std::filesystem::path object_path(const std::string& key) const;
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <filesystem>
 #include <functional>
 #include <optional>
 #include <string>
@@ -56,6 +57,11 @@ class ObjectStore {
   virtual std::optional<std::string> presigned_url(const std::string& key, std::chrono::seconds expires) {
     return std::nullopt;
   }
+
+  // The local file holding the image's bytes, for stores that keep one
+  // (disk); nullopt otherwise. Computes the path only: the file may be
+  // missing.
+  virtual std::optional<std::filesystem::path> local_file(const std::string& key) const { return std::nullopt; }
 
   // Returns an error when the store cannot take writes now (for /readyz).
   virtual core::Status check_writable() = 0;
