@@ -139,6 +139,11 @@ void Gate::add_rate_headers(Admission& admission, const RatePolicy& policy, cons
 
 core::Status load_params(Admission& admission, std::string_view query) {
   if (!admission.params_pending) return core::Ok{};
+  if (admission.signed_params) {
+    admission.params = admission.signed_params->params;
+    admission.params_pending = false;
+    return core::Ok{};
+  }
   auto params = core::parse_query(query);
   if (!params) {
     const std::string name = core::malformed_parameter(query);
@@ -150,12 +155,34 @@ core::Status load_params(Admission& admission, std::string_view query) {
   return core::Ok{};
 }
 
+core::Result<std::shared_ptr<const VerifiedRequest>> Gate::verify_signed(std::string_view path,
+                                                                         std::string_view query) const {
+  std::string id;
+  id.reserve(path.size() + 1 + query.size());
+  id.append(path).append("?").append(query);
+  {
+    std::lock_guard lock(verified_mutex_);
+    auto found = verified_urls_.find(id);
+    if (found != verified_urls_.end()) {
+      const auto& verified = found->second;
+      // An expired URL goes through the full check, which names the expiry.
+      if (!verified->expires || *verified->expires >= clock_.unix_seconds()) return verified;
+    }
+  }
+  auto verified = verify_signed_request(path, query, signing_keys_, clock_);
+  if (!verified) return std::move(verified).error();
+  auto shared = std::make_shared<const VerifiedRequest>(std::move(verified).value());
+  std::lock_guard lock(verified_mutex_);
+  if (verified_urls_.size() >= kMaxVerifiedUrls) verified_urls_.clear();
+  verified_urls_.insert_or_assign(std::move(id), shared);
+  return shared;
+}
+
 Admission Gate::admit(const RequestInfo& request, RouteKind route) const {
   Admission admission;
   admission.caller.client_address = client_address(request.remote_address, request.x_forwarded_for, request.forwarded,
                                                    trusted_proxies_);
   const std::string& mode = config_.security.mode;
-  bool signed_url = false;
 
   // 1. Who is asking: an API key, a signed URL, or an anonymous caller.
   if (!request.authorization.empty()) {
@@ -179,16 +206,15 @@ Admission Gate::admit(const RequestInfo& request, RouteKind route) const {
       admission.caller.principal = std::string(kApiKeyPrefix) + key->name;
     }
   } else if (route == RouteKind::ImageUrl && has_signature(request.query)) {
-    signed_url = true;
-    auto verified = verify_signed_request(request.path, request.query, signing_keys_, clock_);
+    auto verified = verify_signed(request.path, request.query);
     if (!verified) {
       spdlog::info("admission: rejected a signed URL from {}: {}", admission.caller.client_address,
                    verified.error().message);
       admission.error = verified.error();
       return admission;
     }
-    admission.caller.principal = std::string(kSigningKeyPrefix) + verified->key_id;
-    admission.params = std::move(verified->params);
+    admission.caller.principal = std::string(kSigningKeyPrefix) + (*verified)->key_id;
+    admission.signed_params = std::move(verified).value();
   } else if (mode == "open") {
     admission.caller.principal = "anonymous";
   } else if (mode == "templates" && route == RouteKind::ImageUrl) {
@@ -206,7 +232,7 @@ Admission Gate::admit(const RequestInfo& request, RouteKind route) const {
     return admission;
   }
 
-  if (route == RouteKind::ImageUrl && !signed_url) admission.params_pending = true;
+  if (route == RouteKind::ImageUrl) admission.params_pending = true;
 
   // 2. How fast: API keys have their own bucket, everyone else shares the
   // bucket of their client address.

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "admission/budget.hpp"
@@ -42,10 +43,12 @@ struct Admission {
   core::GenerationCaller caller;
   // Query parameters for the image request: without sig, kid and exp.
   core::QueryParams params;
-  // True for an unsigned image URL whose query is not parsed yet: parsing
-  // it is left to load_params(), because a request whose resolution is
+  // True while `params` is not filled in yet: load_params() fills it from
+  // `signed_params` or by parsing the query. A request whose resolution is
   // cached under its raw query never needs the parameters.
   bool params_pending = false;
+  // The verified parameters of a signed URL, shared with the gate's cache.
+  std::shared_ptr<const VerifiedRequest> signed_params;
   // True when only public templates may be used (mode "templates", no
   // signature or key).
   bool public_templates_only = false;
@@ -109,6 +112,9 @@ class Gate final : public core::GenerationGuard {
   };
 
   const config::RateLimitsConfig& limits_for(const std::string& principal) const;
+  // Verifies a signed URL, or finds it among the URLs verified before.
+  core::Result<std::shared_ptr<const VerifiedRequest>> verify_signed(std::string_view path,
+                                                                     std::string_view query) const;
   void add_rate_headers(Admission& admission, const RatePolicy& policy, const RateDecision& decision) const;
 
   const config::Config& config_;
@@ -117,6 +123,15 @@ class Gate final : public core::GenerationGuard {
   BudgetLedger& ledger_;
   std::map<std::string, SigningKey> signing_keys_;
   std::vector<Network> trusted_proxies_;
+
+  // Signed URLs that passed verification, by exact path and query. The same
+  // URL is usually requested many times (an <img> on a page), and the HMAC
+  // and canonical form cost more than the rest of a cache hit. Only a
+  // byte-identical URL hits, and its expiry is checked on every use. When
+  // full, the map is cleared.
+  static constexpr std::size_t kMaxVerifiedUrls = 10'000;
+  mutable std::mutex verified_mutex_;
+  mutable std::unordered_map<std::string, std::shared_ptr<const VerifiedRequest>> verified_urls_;
 
   std::atomic<int> global_in_flight_{0};
   std::mutex mutex_;

@@ -185,6 +185,7 @@ core::Result<VerifiedRequest> verify_signed_request(std::string_view raw_path, s
 
   VerifiedRequest verified;
   verified.key_id = request->key_id;
+  verified.expires = request->expires;
   for (auto& [name, value] : request->params) {
     if (name != "kid" && name != "exp") verified.params.emplace_back(std::move(name), std::move(value));
   }

@@ -62,6 +62,7 @@ core::Result<std::string> sign_url(std::string_view path_and_query, const Signin
 struct VerifiedRequest {
   std::string key_id;
   core::QueryParams params;
+  std::optional<std::int64_t> expires;  // the exp parameter, in Unix seconds
 };
 
 // Checks the signature of a request in constant time. Errors are

@@ -1,5 +1,6 @@
 #include "api/app.hpp"
 
+#include <charconv>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -24,23 +25,33 @@ double elapsed_ms(Clock::time_point since) {
   return std::chrono::duration<double, std::milli>(Clock::now() - since).count();
 }
 
-std::string format_ms(double ms) {
+// Appends `ms` with two decimals. It uses std::to_chars, because snprintf
+// with "%.2f" took about 13% of the instructions of a cache hit.
+void append_ms(std::string& out, double ms) {
   char text[32];
-  std::snprintf(text, sizeof(text), "%.2f", ms);
-  return text;
+  const auto end = std::to_chars(text, text + sizeof(text), ms, std::chars_format::fixed, 2).ptr;
+  out.append(text, end);
 }
 
 std::string server_timing(double resolve_ms, const generation::StageTimings& t, double total_ms) {
-  std::string out = "resolve;dur=" + format_ms(resolve_ms);
-  auto add = [&out](const char* name, double ms) {
-    if (ms > 0) out += std::string(", ") + name + ";dur=" + format_ms(ms);
+  std::string out;
+  out.reserve(96);
+  out += "resolve;dur=";
+  append_ms(out, resolve_ms);
+  auto add = [&out](std::string_view name, double ms) {
+    if (ms <= 0) return;
+    out += ", ";
+    out += name;
+    out += ";dur=";
+    append_ms(out, ms);
   };
   add("queue", t.queue_ms);
   add("lookup", t.lookup_ms);
   add("generate", t.generate_ms);
   add("validate", t.validate_ms);
   add("store", t.store_ms);
-  out += ", total;dur=" + format_ms(total_ms);
+  out += ", total;dur=";
+  append_ms(out, total_ms);
   return out;
 }
 
@@ -92,12 +103,18 @@ std::string encode_path(std::string_view name) {
 // "key:<image key>" and, for template responses, "template:<name>", which
 // `pixelgate cache purge` prints. Names with other characters get no tag.
 std::string surrogate_keys(const std::string& key, const std::string& template_name) {
-  std::string out = "key:" + key;
+  std::string out;
+  out.reserve(4 + key.size() + 10 + template_name.size());
+  out += "key:";
+  out += key;
   bool safe = !template_name.empty() && template_name.size() <= 100;
   for (char c : template_name) {
     safe = safe && (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.');
   }
-  if (safe) out += " template:" + template_name;
+  if (safe) {
+    out += " template:";
+    out += template_name;
+  }
   return out;
 }
 
@@ -275,11 +292,13 @@ void App::handle_image(const http::Request& request, http::Responder responder, 
         auto response = redirect ? std::move(*redirect)
                                  : to_http(delivery::build_image_response(*outcome->image, effective_policy, if_none_match));
         attach_file(response, outcome->image);
-        response.set_header("X-Pixelgate-Cache", std::string(generation::to_string(outcome->state)));
-        response.set_header("X-Pixelgate-Key", outcome->image->key);
-        response.set_header("Surrogate-Key", surrogate_keys(outcome->image->key, template_tag));
-        if (fallback) response.set_header("X-Pixelgate-Fallback", outcome->fallback_backend);
-        response.set_header("Server-Timing", server_timing(resolve_ms, outcome->timings, elapsed_ms(started)));
+        // None of these are set by the image or redirect response above.
+        response.headers.push_back({"X-Pixelgate-Cache", std::string(generation::to_string(outcome->state))});
+        response.headers.push_back({"X-Pixelgate-Key", outcome->image->key});
+        response.headers.push_back({"Surrogate-Key", surrogate_keys(outcome->image->key, template_tag)});
+        if (fallback) response.headers.push_back({"X-Pixelgate-Fallback", outcome->fallback_backend});
+        response.headers.push_back(
+            {"Server-Timing", server_timing(resolve_ms, outcome->timings, elapsed_ms(started))});
         if (outcome->state == generation::CacheState::Miss) {
           char cost[32];
           std::snprintf(cost, sizeof(cost), "%.6f", outcome->cost_usd);

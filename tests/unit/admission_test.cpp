@@ -319,3 +319,34 @@ TEST_F(GateTest, FailedGenerationIsRefunded) {
   }
   EXPECT_DOUBLE_EQ(ledger_->spent_today(""), 0.0);
 }
+
+// A signed URL is verified in full once and then found in the gate's cache.
+// The cache must not outlive the URL's expiry or accept a changed URL.
+TEST_F(GateTest, CachedSignedUrlStillExpires) {
+  clock_.set_unix_seconds(1'800'000'000);
+  const admission::SigningKey key{"k1", "0123456789abcdef0123"};
+  auto url = admission::sign_url("/generate-image?prompt=cached", key, 1'800'000'060);
+  ASSERT_TRUE(url.ok()) << url.error().message;
+  const std::string query = url->substr(url->find('?') + 1);
+
+  for (int i = 0; i < 2; ++i) {
+    auto admission = admit(query);
+    ASSERT_FALSE(admission.error) << admission.error->message;
+    EXPECT_EQ(admission.caller.principal, "kid:k1");
+    ASSERT_TRUE(admission::load_params(admission, query).ok());
+    ASSERT_EQ(admission.params.size(), 1u);
+    EXPECT_EQ(admission.params[0].first, "prompt");
+    EXPECT_EQ(admission.params[0].second, "cached");
+    clock_.advance(1);  // refills the request bucket (1 per second)
+  }
+
+  auto changed = admit(query + "x");
+  ASSERT_TRUE(changed.error);
+  EXPECT_EQ(changed.error->code, core::ErrorCode::PermissionDenied);
+
+  clock_.set_unix_seconds(1'800'000'061);
+  auto expired = admit(query);
+  ASSERT_TRUE(expired.error);
+  EXPECT_EQ(expired.error->code, core::ErrorCode::PermissionDenied);
+  EXPECT_NE(expired.error->message.find("expired at"), std::string::npos) << expired.error->message;
+}
