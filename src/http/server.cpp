@@ -318,7 +318,10 @@ class Session final : public std::enable_shared_from_this<Session>, public Respo
         parser_->eager(true);
         header_done_ = false;
         phase_ = Phase::Idle;
-        deadline_ = Clock::now() + std::chrono::milliseconds(server_.options.idle_timeout_ms);
+        // A new connection gets the header timeout for its first request, a
+        // keep-alive connection the idle timeout between requests.
+        const int wait_ms = ticket_ == 0 ? server_.options.header_timeout_ms : server_.options.idle_timeout_ms;
+        deadline_ = Clock::now() + std::chrono::milliseconds(wait_ms);
       }
       if (buffer_.size() > 0) {
         if (phase_ == Phase::Idle) start_reading();

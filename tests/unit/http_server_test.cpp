@@ -288,6 +288,19 @@ TEST(HttpServer, PartialRequestGets408AfterHeaderTimeout) {
   EXPECT_LT(elapsed, 2000ms);
 }
 
+// A connection that never sends a byte is closed after the header timeout,
+// not the longer idle timeout, and gets no 408.
+TEST(HttpServer, SilentNewConnectionClosesAfterHeaderTimeout) {
+  ServerOptions options;
+  options.header_timeout_ms = 300;
+  options.idle_timeout_ms = 60'000;
+  RunningServer server([](Request&&, Responder responder) { responder.send(text("ok")); }, options);
+  Client client(server.port());
+  const auto started = std::chrono::steady_clock::now();
+  EXPECT_EQ(client.read_until_closed(), "");
+  EXPECT_LT(std::chrono::steady_clock::now() - started, 2000ms);
+}
+
 TEST(HttpServer, IdleKeepAliveConnectionClosesAfterIdleTimeout) {
   ServerOptions options;
   options.idle_timeout_ms = 300;
