@@ -87,12 +87,14 @@ std::string new_request_id() {
 class RequestParser final : public bhttp::basic_parser<true> {
  public:
   Request request;
+  int version = 11;  // 10 for HTTP/1.0, 11 for HTTP/1.1
 
  private:
-  void on_request_impl(bhttp::verb, beast::string_view method, beast::string_view target, int,
+  void on_request_impl(bhttp::verb, beast::string_view method, beast::string_view target, int http_version,
                        beast::error_code&) override {
     request.method.assign(method.data(), method.size());
     request.target.assign(target.data(), target.size());
+    version = http_version;
   }
   void on_response_impl(int, beast::string_view, int, beast::error_code&) override {}
   void on_field_impl(bhttp::field, beast::string_view name, beast::string_view value, beast::error_code&) override {
@@ -114,6 +116,17 @@ class RequestParser final : public bhttp::basic_parser<true> {
   }
   void on_finish_impl(beast::error_code&) override {}
 };
+
+// Turns an absolute-form target ("http://host/path?query", RFC 9112 section
+// 3.2.2) into origin form ("/path?query"). Other targets are returned as is.
+std::string_view origin_form(std::string_view target) {
+  const std::size_t scheme_end = target.find("://");
+  if (target.empty() || target.front() == '/' || scheme_end == std::string_view::npos) return target;
+  const std::string_view scheme = target.substr(0, scheme_end);
+  if (!iequals(scheme, "http") && !iequals(scheme, "https")) return target;
+  const std::size_t path_start = target.find_first_of("/?", scheme_end + 3);
+  return path_start == std::string_view::npos ? std::string_view("/") : target.substr(path_start);
+}
 
 // Header names and values come from this program, but a value built from
 // configuration could still hold a line break and split the response. Such
@@ -147,6 +160,7 @@ void append_number(std::string& head, std::uint64_t value) {
 std::string error_json(int status, const std::string& message) {
   const std::string code = status == 408                   ? "timed_out"
                            : status == 413 || status == 431 ? "payload_too_large"
+                           : status == 501                  ? "not_implemented"
                            : status >= 500                  ? "internal"
                                                             : "invalid_argument";
   std::string escaped;
@@ -332,10 +346,7 @@ class Session final : public std::enable_shared_from_this<Session>, public Respo
           continue;
         }
         handle_request();
-        if (!inline_response_) {
-          phase_ = Phase::Handling;
-          return;
-        }
+        if (!inline_response_) return;  // the response comes later, or the request was rejected
         Response response = std::move(*inline_response_);
         inline_response_.reset();
         begin_write(std::move(response));
@@ -377,12 +388,31 @@ class Session final : public std::enable_shared_from_this<Session>, public Respo
       if (!header_done_ && parser_->is_header_done()) {
         header_done_ = true;
         received_at_ = Clock::now();
-        // The body gets a fresh header_timeout_ms of its own.
-        if (!parser_->is_done()) deadline_ = received_at_ + std::chrono::milliseconds(server_.options.header_timeout_ms);
+        if (!parser_->is_done()) {
+          // The body gets a fresh header_timeout_ms of its own.
+          deadline_ = received_at_ + std::chrono::milliseconds(server_.options.header_timeout_ms);
+          if (buffer_.size() == 0) continue_if_expected();
+        }
       }
       if (used == 0) break;
     }
     return parser_->is_done();
+  }
+
+  // Sends "100 Continue" when the client waits for it before sending the
+  // body (RFC 9110 section 10.1.1). No response is being written at this
+  // point, so the 25 bytes go out at once. If they do not, the client sends
+  // the body after its own short wait.
+  void continue_if_expected() {
+    for (const auto& header : parser_->request.headers) {
+      if (iequals(header.name, "Expect") && iequals(header.value, "100-continue") && parser_->version >= 11) {
+        static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+        if (::send(socket_.native_handle(), kContinue.data(), kContinue.size(), MSG_NOSIGNAL) < 0) {
+          spdlog::debug("http: sending 100 Continue to {} failed: {}", remote_address_, std::strerror(errno));
+        }
+        return;
+      }
+    }
   }
 
   // Reads what the socket holds without blocking. Returns true when bytes
@@ -449,15 +479,19 @@ class Session final : public std::enable_shared_from_this<Session>, public Respo
     send_error_and_close(400, "malformed HTTP request: " + ec.message());
   }
 
-  void send_error_and_close(int status, const std::string& message) {
+  // Sends an error for a request the handler never sees, then closes the
+  // connection. The access log names the method and path when they arrived.
+  void send_error_and_close(int status, const std::string& message, const Request* request = nullptr) {
+    if (!request && parser_ && !parser_->request.method.empty()) request = &parser_->request;
     Response response;
     response.status = status;
     response.set_body(error_json(status, message), "application/json");
     response.set_header("Cache-Control", "no-store");
     keep_alive_ = false;
     head_only_ = false;
-    log_method_.clear();
-    log_path_.clear();
+    log_method_ = request ? request->method : "-";
+    log_path_ = request ? std::string(request->target, 0, request->target.find('?')) : "-";
+    if (log_path_.empty()) log_path_ = "-";
     log_request_id_ = new_request_id();
     received_at_ = Clock::now();
     parser_.reset();
@@ -468,8 +502,13 @@ class Session final : public std::enable_shared_from_this<Session>, public Respo
   void handle_request() {
     Request request = std::move(parser_->request);
     keep_alive_ = parser_->keep_alive() && !server_.stopping.load();
+    const int version = parser_->version;
     parser_.reset();
+    if (!valid_framing(request, version)) return;
     head_only_ = request.method == "HEAD";
+    if (const std::string_view origin = origin_form(request.target); origin.size() != request.target.size()) {
+      request.target = std::string(origin);
+    }
     const std::size_t question = request.target.find('?');
     request.path.assign(request.target, 0, question);
     if (question != std::string::npos) request.query.assign(request.target, question + 1);
@@ -499,6 +538,34 @@ class Session final : public std::enable_shared_from_this<Session>, public Respo
       responder.send(std::move(response));
     }
     in_handler_ = false;
+  }
+
+  // Rejects what RFC 9112 says a server must reject: an HTTP/1.1 request
+  // without exactly one Host header (400), and a transfer coding other than
+  // chunked alone, which this server cannot decode (501). Returns false
+  // after sending the error.
+  bool valid_framing(const Request& request, int version) {
+    int hosts = 0;
+    std::string_view coding;
+    for (const auto& header : request.headers) {
+      if (iequals(header.name, "Host")) ++hosts;
+      if (iequals(header.name, "Transfer-Encoding")) coding = header.value;
+    }
+    if (hosts > 1 || (hosts == 0 && version >= 11)) {
+      spdlog::debug("http: request from {} has {} Host headers", remote_address_, hosts);
+      send_error_and_close(400, hosts == 0 ? "missing Host header; HTTP/1.1 requests must send one"
+                                           : "more than one Host header",
+                           &request);
+      return false;
+    }
+    if (!coding.empty() && !iequals(coding, "chunked")) {
+      spdlog::debug("http: request from {} has an unsupported Transfer-Encoding", remote_address_);
+      send_error_and_close(501, "Transfer-Encoding other than chunked is not supported; send the body "
+                                "with Content-Length or chunked",
+                           &request);
+      return false;
+    }
+    return true;
   }
 
   // Serializes the head into a reused buffer and sends as much as the socket

@@ -334,5 +334,97 @@ TEST(HttpServer, SpreadsConnectionsOverThreads) {
   EXPECT_EQ(std::unique(seen.begin(), seen.end()) - seen.begin(), 3);
 }
 
+TEST(HttpServer, HostHeaderRules) {
+  RunningServer server([](Request&& request, Responder responder) { responder.send(text(request.path)); });
+  {
+    Client client(server.port());
+    client.send("GET /a HTTP/1.1\r\n\r\n");
+    const std::string received = client.read_until_closed();
+    EXPECT_EQ(received.rfind("HTTP/1.1 400 ", 0), 0u) << received;
+    EXPECT_NE(received.find("missing Host header"), std::string::npos) << received;
+  }
+  {
+    Client client(server.port());
+    client.send("GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
+    const std::string received = client.read_until_closed();
+    EXPECT_EQ(received.rfind("HTTP/1.1 400 ", 0), 0u) << received;
+  }
+  {
+    // HTTP/1.0 may leave Host out.
+    Client client(server.port());
+    client.send("GET /old HTTP/1.0\r\n\r\n");
+    const std::string received = client.read_until_closed();
+    EXPECT_EQ(received.rfind("HTTP/1.1 200 ", 0), 0u) << received;
+    EXPECT_EQ(body_of(received), "/old");
+  }
+}
+
+TEST(HttpServer, OtherTransferCodingsGet501) {
+  RunningServer server([](Request&& request, Responder responder) { responder.send(text(request.body)); });
+  Client client(server.port());
+  client.send("POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+  const std::string received = client.read_until_closed();
+  EXPECT_EQ(received.rfind("HTTP/1.1 501 ", 0), 0u) << received;
+  EXPECT_NE(received.find("not_implemented"), std::string::npos) << received;
+}
+
+TEST(HttpServer, AbsoluteFormTargetUsesItsPath) {
+  RunningServer server([](Request&& request, Responder responder) {
+    responder.send(text(request.path + " " + request.query));
+  });
+  Client client(server.port());
+  client.send("GET http://127.0.0.1/images/x.png?size=2 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+              "GET https://example.test HTTP/1.1\r\nHost: example.test\r\n\r\n");
+  const auto responses = client.read_responses(2);
+  ASSERT_EQ(responses.size(), 2u);
+  EXPECT_EQ(body_of(responses[0]), "/images/x.png size=2");
+  EXPECT_EQ(body_of(responses[1]), "/ ");
+}
+
+TEST(HttpServer, ExpectContinueGetsInterimResponse) {
+  RunningServer server([](Request&& request, Responder responder) { responder.send(text(request.body)); });
+  Client client(server.port());
+  client.send("POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
+  const std::string interim = client.read_head();
+  EXPECT_EQ(interim, "HTTP/1.1 100 Continue\r\n\r\n");
+  client.send("hello");
+  const auto responses = client.read_responses(1);
+  ASSERT_EQ(responses.size(), 1u);
+  EXPECT_EQ(body_of(responses[0]), "hello");
+}
+
+TEST(HttpServer, RejectedRequestsAreLogged) {
+  std::mutex mutex;
+  std::vector<std::string> lines;
+  ServerOptions options;
+  options.host = "127.0.0.1";
+  options.port = 0;
+  options.body_limit_bytes = 4;
+  Server server(options, [](Request&&, Responder responder) { responder.send(text("ok")); },
+                [&](const AccessRecord& record) {
+                  std::lock_guard lock(mutex);
+                  lines.push_back(record.request->method + " " + record.request->path + " " +
+                                  std::to_string(record.status));
+                });
+  ASSERT_TRUE(server.start());
+  std::thread thread([&] { server.run(); });
+  {
+    Client client(server.port());
+    client.send("POST /big?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 9\r\n\r\n123456789");
+    client.read_until_closed();
+  }
+  {
+    Client client(server.port());
+    client.send("GET /a HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n");
+    client.read_until_closed();
+  }
+  server.shutdown(1000);
+  thread.join();
+  std::lock_guard lock(mutex);
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_EQ(lines[0], "POST /big 413");
+  EXPECT_EQ(lines[1], "GET /a 400");
+}
+
 }  // namespace
 }  // namespace pixelgate::http
