@@ -350,7 +350,9 @@ http::Response App::stored_image_response(const std::shared_ptr<const storage::C
                                                                     if_none_match));
   attach_file(response, image);
   response.headers.push_back({"X-Pixelgate-Cache", "hit"});
+  response.headers.push_back({"X-Pixelgate-Key", image->key});
   response.headers.push_back({"Surrogate-Key", surrogate_keys(image->key, {})});
+  if (image->placeholder) response.headers.push_back({"X-Pixelgate-Warning", "placeholder image, not AI-generated"});
   return response;
 }
 

@@ -75,6 +75,9 @@ std::shared_ptr<const storage::CachedImage> make_cached_image(const std::string&
   std::string sha = metadata.is_object() ? metadata.value("sha256", "") : "";
   if (!core::is_sha256_hex(sha)) sha = core::sha256_hex(bytes);
   image->digest_header = digest_header(sha);
+  if (metadata.is_object() && metadata.contains("spec") && metadata["spec"].is_object()) {
+    image->placeholder = metadata["spec"].value("backend_type", "") == "placeholder";
+  }
   image->bytes = std::make_shared<const std::string>(std::move(bytes));
   image->metadata_json = std::move(metadata_json);
   return image;

@@ -18,6 +18,7 @@ struct CachedImage {
   std::string content_type;
   std::string metadata_json;
   std::string digest_header;  // "sha-256=:<base64>:" for the Repr-Digest header
+  bool placeholder = false;   // drawn by the placeholder backend, not by a model
 };
 
 // Thread-safety: all members lock one mutex; lookups are O(1).

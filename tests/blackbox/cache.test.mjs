@@ -176,6 +176,8 @@ describe('cache', { timeout: 60_000 }, () => {
       assert.equal(stored.headers['content-type'], 'image/png', path);
       assert.equal(stored.headers.etag, generated.headers.etag, path);
       assert.equal(stored.headers['repr-digest'], reprDigest(generated.body), path);
+      assert.equal(stored.headers['x-pixelgate-key'], key, path);
+      assert.equal(stored.headers['x-pixelgate-warning'], undefined, `${path}: a model drew this image`);
     }
     assert.equal(await generations(), 1);
   });
