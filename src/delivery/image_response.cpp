@@ -22,7 +22,14 @@ std::string_view opaque_tag(std::string_view member) {
 
 }  // namespace
 
-std::string etag_for_key(std::string_view key) { return "\"" + std::string(key) + "\""; }
+std::string etag_for_key(std::string_view key) {
+  std::string etag;
+  etag.reserve(key.size() + 2);
+  etag += '"';
+  etag += key;
+  etag += '"';
+  return etag;
+}
 
 bool if_none_match_matches(std::string_view header_value, std::string_view etag) {
   const std::string_view target = opaque_tag(etag);
