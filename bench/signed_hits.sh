@@ -3,7 +3,8 @@
 # /generate-image URL and taking a token from its rate limiter on every
 # request, next to nginx checking a secure_link (MD5) URL under limit_req for
 # a copy of the same image. Both limits are set far above the load, so every
-# request is checked and none is rejected.
+# request is checked and none is rejected. Two cases: full 200 responses, and
+# 304 revalidations with each server's own ETag.
 #
 # Both servers run one worker thread pinned to CPU 0; wrk runs on CPU 1 with
 # one thread and 64 keep-alive connections.
@@ -106,9 +107,11 @@ NG_URL="http://127.0.0.1:$NG_PORT$URI?md5=$MD5&expires=$EXPIRES"
 [[ "$(curl -s -o /dev/null -w '%{http_code}' "${NG_URL/md5=/md5=x}")" == 403 ]] || { echo "nginx accepted a bad link" >&2; exit 1; }
 [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PG_PORT${SIGNED/benchmark/benchmarx}")" == 403 ]] || { echo "pixelgate accepted a bad signature" >&2; exit 1; }
 
-measure() {  # name url
-  taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d2s "$2" > /dev/null  # warm-up
-  taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "$2" > "$OUT/$1.wrk"
+measure() {  # name url [request header]
+  local extra=()
+  [[ -n "${3:-}" ]] && extra=(-H "$3")
+  taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d2s "${extra[@]}" "$2" > /dev/null  # warm-up
+  taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "${extra[@]}" "$2" > "$OUT/$1.wrk"
   local rps p99 non2xx
   rps="$(awk '/Requests\/sec/ {print $2}' "$OUT/$1.wrk")"
   p99="$(awk '$1 == "99%" {print $2}' "$OUT/$1.wrk")"
@@ -116,13 +119,28 @@ measure() {  # name url
   echo "$rps $p99 ${non2xx:-0}"
 }
 
+# Each server's own ETag, so the second case measures signed revalidations
+# (304s): there wrk is not the limit, because no body is sent.
+PG_ETAG="$(sed -n 's/^ETag: *//ip' "$OUT/first.headers" | tr -d '\r')"
+NG_ETAG="$(curl -sI "$NG_URL" | sed -n 's/^ETag: *//ip' | tr -d '\r')"
+[[ -n "$PG_ETAG" && -n "$NG_ETAG" ]] || { echo "missing ETag (pixelgate: '$PG_ETAG', nginx: '$NG_ETAG')" >&2; exit 1; }
+[[ "$(curl -s -o /dev/null -w '%{http_code}' -H "If-None-Match: $NG_ETAG" "$NG_URL")" == 304 ]] || { echo "nginx returned no 304 for its own ETag" >&2; exit 1; }
+[[ "$(curl -s -o /dev/null -w '%{http_code}' -H "If-None-Match: $PG_ETAG" "http://127.0.0.1:$PG_PORT$SIGNED")" == 304 ]] || { echo "pixelgate returned no 304 for its own ETag" >&2; exit 1; }
+
 read -r PG_RPS PG_P99 PG_BAD < <(measure pixelgate "http://127.0.0.1:$PG_PORT$SIGNED")
 read -r NG_RPS NG_P99 NG_BAD < <(measure nginx "$NG_URL")
+read -r PG304_RPS PG304_P99 PG304_BAD < <(measure pixelgate-304 "http://127.0.0.1:$PG_PORT$SIGNED" "If-None-Match: $PG_ETAG")
+read -r NG304_RPS NG304_P99 NG304_BAD < <(measure nginx-304 "$NG_URL" "If-None-Match: $NG_ETAG")
 RATIO="$(awk -v a="$PG_RPS" -v b="$NG_RPS" 'BEGIN {printf "%.2f", a / b}')"
+RATIO304="$(awk -v a="$PG304_RPS" -v b="$NG304_RPS" 'BEGIN {printf "%.2f", a / b}')"
+PG_NAME="pixelgate $("$BIN" version | awk '{print $2}')"
+NG_NAME="nginx $(nginx -v 2>&1 | sed 's/.*nginx\///')"
 
-echo "| server | check per request | requests/s | p99 | non-2xx |"
-echo "|---|---|---|---|---|"
-echo "| pixelgate $("$BIN" version | awk '{print $2}') | HMAC-SHA256 signed URL, token bucket | $PG_RPS | $PG_P99 | $PG_BAD |"
-echo "| nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') | secure_link (MD5), limit_req | $NG_RPS | $NG_P99 | $NG_BAD |"
+echo "| server | check per request | response | requests/s | p99 | non-2xx/3xx |"
+echo "|---|---|---|---|---|---|"
+echo "| $PG_NAME | HMAC-SHA256 signed URL, token bucket | 200 | $PG_RPS | $PG_P99 | $PG_BAD |"
+echo "| $NG_NAME | secure_link (MD5), limit_req | 200 | $NG_RPS | $NG_P99 | $NG_BAD |"
+echo "| $PG_NAME | HMAC-SHA256 signed URL, token bucket | 304 | $PG304_RPS | $PG304_P99 | $PG304_BAD |"
+echo "| $NG_NAME | secure_link (MD5), limit_req | 304 | $NG304_RPS | $NG304_P99 | $NG304_BAD |"
 echo
-echo "pixelgate / nginx requests per second: $RATIO (wrk -t1 -c$CONNECTIONS -d$DURATION, servers on CPU 0, wrk on CPU 1; raw output in $OUT)"
+echo "pixelgate / nginx requests per second: $RATIO for 200s, $RATIO304 for 304s (wrk -t1 -c$CONNECTIONS -d$DURATION, servers on CPU 0, wrk on CPU 1; raw output in $OUT)"
