@@ -5,6 +5,8 @@
 #include <charconv>
 #include <cstring>
 
+#include "core/text.hpp"
+
 namespace pixelgate::admission {
 namespace {
 
@@ -77,24 +79,13 @@ bool is_trusted(std::string_view address, const std::vector<Network>& trusted) {
   return false;
 }
 
-// Returns `text` in double quotes. Built by appending, because GCC 12
-// warns falsely (-Wstringop-overflow) about "\"" + std::string(text).
-std::string quoted(std::string_view text) {
-  std::string out;
-  out.reserve(text.size() + 2);
-  out += '"';
-  out += text;
-  out += '"';
-  return out;
-}
-
 }  // namespace
 
 core::Result<Network> parse_network(std::string_view text) {
   const std::size_t slash = text.find('/');
   const std::string_view address_text = text.substr(0, slash);
   auto address = parse_address(address_text);
-  if (!address) return core::Error::invalid(quoted(text) + " is not an IP address or CIDR network");
+  if (!address) return core::Error::invalid(core::double_quoted(text) + " is not an IP address or CIDR network");
 
   const bool v4 = address_text.find(':') == std::string_view::npos;
   int prefix = v4 ? 32 : 128;
@@ -102,7 +93,7 @@ core::Result<Network> parse_network(std::string_view text) {
     const std::string_view digits = text.substr(slash + 1);
     const auto [ptr, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), prefix);
     if (ec != std::errc{} || ptr != digits.data() + digits.size() || prefix < 0 || prefix > (v4 ? 32 : 128)) {
-      return core::Error::invalid(quoted(text) + " has an invalid prefix length");
+      return core::Error::invalid(core::double_quoted(text) + " has an invalid prefix length");
     }
   }
   return Network{*address, v4 ? prefix + 96 : prefix};

@@ -35,6 +35,15 @@ std::optional<std::string> percent_decode(std::string_view text, bool plus_as_sp
   return out;
 }
 
+std::string double_quoted(std::string_view text) {
+  std::string out;
+  out.reserve(text.size() + 2);
+  out += '"';
+  out += text;
+  out += '"';
+  return out;
+}
+
 std::string percent_encode(std::string_view text) {
   static constexpr char kDigits[] = "0123456789ABCDEF";
   std::string out;

@@ -14,6 +14,11 @@ namespace pixelgate::core {
 // nullopt for a malformed escape such as "%4" or "%zz".
 std::optional<std::string> percent_decode(std::string_view text, bool plus_as_space);
 
+// Returns `text` in double quotes, without escaping. Built by appending,
+// because GCC 12 warns falsely (-Wstringop-overflow) about the shorter
+// "\"" + std::string(text) + "\"".
+std::string double_quoted(std::string_view text);
+
 // Percent-encodes everything except RFC 3986 unreserved characters.
 std::string percent_encode(std::string_view text);
 

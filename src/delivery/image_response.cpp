@@ -1,5 +1,7 @@
 #include "delivery/image_response.hpp"
 
+#include "core/text.hpp"
+
 namespace pixelgate::delivery {
 namespace {
 
@@ -22,14 +24,7 @@ std::string_view opaque_tag(std::string_view member) {
 
 }  // namespace
 
-std::string etag_for_key(std::string_view key) {
-  std::string etag;
-  etag.reserve(key.size() + 2);
-  etag += '"';
-  etag += key;
-  etag += '"';
-  return etag;
-}
+std::string etag_for_key(std::string_view key) { return core::double_quoted(key); }
 
 bool if_none_match_matches(std::string_view header_value, std::string_view etag) {
   const std::string_view target = opaque_tag(etag);

@@ -298,8 +298,12 @@ TEST_F(GateTest, BudgetBoundsGenerations) {
   int admitted = 0;
   for (int i = 0; i < 10; ++i) {
     clock_.advance(10);  // keep the generation bucket full
-    auto permit = gate_->acquire(spec(), "k" + std::to_string(i), {"kid:k1", "192.0.2." + std::to_string(i)},
-                                 std::nullopt);
+    // Appended, because GCC 12 warns falsely about "k" + std::to_string(i).
+    std::string key = "k";
+    key += std::to_string(i);
+    std::string address = "192.0.2.";
+    address += std::to_string(i);
+    auto permit = gate_->acquire(spec(), key, {"kid:k1", address}, std::nullopt);
     if (permit.ok()) {
       ++admitted;
       gate_->release(*permit, true, 0);
