@@ -82,9 +82,10 @@ class ImageService {
   // Returns the image from the hot cache, or null, without blocking.
   std::shared_ptr<const storage::CachedImage> find_hot(const std::string& key);
 
-  // Returns an open file holding exactly `image->bytes` when the store keeps
-  // one on local disk and it is already open; null otherwise. Never blocks:
-  // on a miss the file is opened on the worker pool for later requests.
+  // Returns an open file that contains exactly `image->bytes` when the store
+  // keeps one on local disk and it is already open, and null otherwise. It
+  // does not touch the disk: on a miss the file is opened on the worker pool
+  // for later requests.
   std::shared_ptr<const core::OpenFile> sendable_file(const std::shared_ptr<const storage::CachedImage>& image);
 
   // Serves `resolved` from the store or generates it, coalescing concurrent

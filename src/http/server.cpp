@@ -479,8 +479,8 @@ class Session final : public std::enable_shared_from_this<Session>, public Respo
     send_error_and_close(400, "malformed HTTP request: " + ec.message());
   }
 
-  // Sends an error for a request the handler never sees, then closes the
-  // connection. The access log names the method and path when they arrived.
+  // Sends an error for a request that never reaches the handler, then closes
+  // the connection. The access log names the method and path if they arrived.
   void send_error_and_close(int status, const std::string& message, const Request* request = nullptr) {
     if (!request && parser_ && !parser_->request.method.empty()) request = &parser_->request;
     Response response;

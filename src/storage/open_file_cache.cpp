@@ -34,13 +34,15 @@ bool contents_equal(int fd, const std::string& expected) {
   }
 }
 
-}  // namespace
-
-std::size_t descriptor_budget(std::size_t wanted) {
+// Returns `requested`, capped at a quarter of the soft open-file limit so
+// that connections keep the rest.
+std::size_t descriptor_budget(std::size_t requested) {
   rlimit limit{};
-  if (wanted == 0 || ::getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) return wanted;
-  return std::min<std::size_t>(wanted, static_cast<std::size_t>(limit.rlim_cur / 4));
+  if (requested == 0 || ::getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) return requested;
+  return std::min<std::size_t>(requested, static_cast<std::size_t>(limit.rlim_cur / 4));
 }
+
+}  // namespace
 
 OpenFileCache::OpenFileCache(ObjectStore& store, std::size_t max_files)
     : store_(store), max_files_(descriptor_budget(max_files)) {}

@@ -24,8 +24,8 @@ class OpenFileCache {
   // descriptor limit, so connections keep the rest. 0 disables the cache.
   OpenFileCache(ObjectStore& store, std::size_t max_files);
 
-  // Returns the open file for `image` if one is cached; never blocks on the
-  // disk. On a miss, sets `*should_open` to true for the first caller only.
+  // Returns the open file for `image` if one is cached, without touching
+  // the disk. On a miss, sets `*should_open` to true for the first caller only.
   // That caller must then call open() on a thread that may block.
   std::shared_ptr<const core::OpenFile> find(const CachedImage& image, bool* should_open = nullptr);
 

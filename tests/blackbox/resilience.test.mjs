@@ -54,7 +54,7 @@ describe('fallbacks', () => {
     const stored = await gateway.get(`/images/${response.headers['x-pixelgate-key']}.png`);
     assert.equal(stored.status, 200);
     assert.deepEqual(stored.body, response.body);
-    // The permanent URL still says who drew the image.
+    // The permanent URL carries the key and the placeholder warning too.
     assert.equal(stored.headers['x-pixelgate-key'], response.headers['x-pixelgate-key']);
     assert.equal(stored.headers['x-pixelgate-warning'], 'placeholder image, not AI-generated');
   });

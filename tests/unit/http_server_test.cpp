@@ -400,6 +400,8 @@ TEST(HttpServer, RejectedRequestsAreLogged) {
   options.host = "127.0.0.1";
   options.port = 0;
   options.body_limit_bytes = 4;
+
+  // The access logger writes one line per request into `lines`.
   Server server(options, [](Request&&, Responder responder) { responder.send(text("ok")); },
                 [&](const AccessRecord& record) {
                   std::lock_guard lock(mutex);
@@ -408,6 +410,7 @@ TEST(HttpServer, RejectedRequestsAreLogged) {
                 });
   ASSERT_TRUE(server.start());
   std::thread thread([&] { server.run(); });
+
   {
     Client client(server.port());
     client.send("POST /big?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 9\r\n\r\n123456789");
@@ -420,6 +423,7 @@ TEST(HttpServer, RejectedRequestsAreLogged) {
   }
   server.shutdown(1000);
   thread.join();
+
   std::lock_guard lock(mutex);
   ASSERT_EQ(lines.size(), 2u);
   EXPECT_EQ(lines[0], "POST /big 413");
