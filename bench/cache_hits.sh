@@ -7,6 +7,13 @@
 # /generate-image URL, which resolves the query and computes the key on every
 # request before it reaches the in-memory hot cache.
 #
+# Both servers run side by side and the cases alternate between them, round
+# after round (ROUNDS, default 5), with the order flipped every round. A
+# virtual machine's speed drifts by several percent over minutes, so measuring
+# all of one server first and then all of the other would compare two
+# different machines. The summary gives the median of the rounds for each case
+# and counts the rounds each server won.
+#
 # Variants:
 #   1t  pixelgate `threads = 1` and nginx `worker_processes 1`, both pinned to
 #       CPU 0 with taskset; wrk pinned to CPU 1.
@@ -18,7 +25,7 @@
 # configs and server logs stay in $BENCH_OUT (default: a new /tmp directory).
 #
 # Settings, from the environment:
-#   DURATION (10s), WARMUP (2s), CONNECTIONS (64), WRK_THREADS (1),
+#   DURATION (10s), WARMUP (2s), ROUNDS (5), CONNECTIONS (64), WRK_THREADS (1),
 #   PIXELGATE_BIN (build/pixelgate), QUIET_WAIT_MAX_S (1200), MAX_ATTEMPTS (5),
 #   OTHER_CPU_MAX (20), VARIANTS ("1t 2t").
 #
@@ -33,6 +40,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 DURATION="${DURATION:-10s}"
 WARMUP="${WARMUP:-2s}"
+ROUNDS="${ROUNDS:-5}"
 CONNECTIONS="${CONNECTIONS:-64}"
 WRK_THREADS="${WRK_THREADS:-1}"
 PIXELGATE_BIN="${PIXELGATE_BIN:-$REPO/build/pixelgate}"
@@ -214,14 +222,14 @@ $(tail -n 5 "$WORK"/pixelgate-*t.stderr)"
   die "nginx (pid $NGINX_PID) is no longer running; see $WORK/nginx-*/error.log"
 }
 
-ROWS=()   # variant|server|case|path|status|rps|p99_ms|bytes|server_cpu|wrk_cpu|other_cpu|quiet|attempt|errors
+ROWS=()   # variant|server|case|path|status|rps|p99_ms|bytes|server_cpu|wrk_cpu|other_cpu|quiet|attempt|errors|round
 
-# run_case VARIANT SERVER CASE URL ETAG WRK_CPUS
+# run_case ROUND VARIANT SERVER CASE URL ETAG WRK_CPUS
 # ETAG empty: plain GET expecting 200. Otherwise sends If-None-Match: ETAG
 # and expects 304. WRK_CPUS empty: wrk is not pinned.
 run_case() {
-  local variant="$1" server="$2" case_name="$3" url="$4" etag="$5" wrk_cpus="$6"
-  local expected=200 name="${variant}-${server}-${case_name}"
+  local round="$1" variant="$2" server="$3" case_name="$4" url="$5" etag="$6" wrk_cpus="$7"
+  local expected=200 name="${variant}-${server}-${case_name}-round${round}"
   local -a headers=() pin=()
   if [[ -n "$etag" ]]; then
     headers=(-H "If-None-Match: $etag")
@@ -281,7 +289,7 @@ run_case() {
   done
   local pretty_headers=""
   [[ -n "$etag" ]] && pretty_headers=" -H 'If-None-Match: $etag'"
-  record "${pin[*]}${pin:+ }wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency$pretty_headers '$url'"
+  (( round == 1 )) && record "${pin[*]}${pin:+ }wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency$pretty_headers '$url'"
 
   local rps p99 requests read_text bytes socket_errors non2xx errors
   rps="$(awk '/^Requests\/sec:/ {print $2}' "$raw")"
@@ -298,7 +306,7 @@ run_case() {
     log "warning: $name: $errors"
   fi
 
-  ROWS+=("$variant|$server|$case_name|$(printf '%s' "${url#http://127.0.0.1:*/}" | sed 's|^|/|')|$status|$rps|$(to_ms "$p99")|$bytes|$server_cpu|$wrk_cpu|$other_cpu|$quiet|$attempt|$errors")
+  ROWS+=("$variant|$server|$case_name|$(printf '%s' "${url#http://127.0.0.1:*/}" | sed 's|^|/|')|$status|$rps|$(to_ms "$p99")|$bytes|$server_cpu|$wrk_cpu|$other_cpu|$quiet|$attempt|$errors|$round")
   log "$name: $rps req/s, p99 $p99, HTTP $status, server CPU $server_cpu%, wrk CPU $wrk_cpu%, other CPU $other_cpu%, quiet: $quiet, errors: $errors"
 }
 
@@ -464,11 +472,21 @@ nginx_etag() {
 
 field() { printf '%s' "$1" | cut -d'|' -f"$2"; }
 
-find_row() {  # find_row VARIANT SERVER CASE
+# round_values VARIANT SERVER CASE FIELD: prints FIELD of every round's row, one per line.
+round_values() {
   local row
   for row in "${ROWS[@]}"; do
-    [[ "$(field "$row" 1)|$(field "$row" 2)|$(field "$row" 3)" == "$1|$2|$3" ]] && { echo "$row"; return; }
+    [[ "$(field "$row" 1)|$(field "$row" 2)|$(field "$row" 3)" == "$1|$2|$3" ]] && field "$row" "$4"
   done
+  return 0
+}
+
+# Prints the median of the numbers on standard input (the mean of the two
+# middle ones for an even count).
+median() {
+  sort -g | awk '{ v[NR] = $1 } END {
+    if (NR == 0) exit 1
+    if (NR % 2) printf "%s", v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
 # --- Run ---------------------------------------------------------------------
@@ -496,23 +514,39 @@ main() {
       *) die "unknown variant $variant (use 1t or 2t)" ;;
     esac
 
+    # Both servers stay up for the whole variant; only the one under load
+    # uses the CPU.
     start_pixelgate "$threads" "$server_cpus"
     prepare_image
-    base="http://127.0.0.1:$PIXELGATE_PORT"
-    etag="\"$KEY\""
-    run_case "$variant" pixelgate images-200 "$base/images/$KEY.png" "" "$wrk_cpus"
-    run_case "$variant" pixelgate images-304 "$base/images/$KEY.png" "$etag" "$wrk_cpus"
-    run_case "$variant" pixelgate generate-200 "$base/generate-image?$PROMPT_QUERY" "" "$wrk_cpus"
-    run_case "$variant" pixelgate generate-304 "$base/generate-image?$PROMPT_QUERY" "$etag" "$wrk_cpus"
-    stop_pixelgate
-
     start_nginx "$threads" "$server_cpus"
-    base="http://127.0.0.1:$NGINX_PORT"
-    etag="$(nginx_etag)"
-    [[ -n "$etag" ]] || die "nginx sent no ETag"
-    record "curl -sI '$base/images/$KEY.png'   # nginx ETag: $etag"
-    run_case "$variant" nginx images-200 "$base/images/$KEY.png" "" "$wrk_cpus"
-    run_case "$variant" nginx images-304 "$base/images/$KEY.png" "$etag" "$wrk_cpus"
+    local pg_base="http://127.0.0.1:$PIXELGATE_PORT" ng_base="http://127.0.0.1:$NGINX_PORT"
+    local pg_etag="\"$KEY\"" ng_etag
+    ng_etag="$(nginx_etag)"
+    [[ -n "$ng_etag" ]] || die "nginx sent no ETag"
+    record "curl -sI '$ng_base/images/$KEY.png'   # nginx ETag: $ng_etag"
+
+    local round status server pg_tag ng_tag
+    local -a order
+    for round in $(seq "$ROUNDS"); do
+      # Odd rounds start with pixelgate, even rounds with nginx.
+      order=(pixelgate nginx)
+      (( round % 2 == 0 )) && order=(nginx pixelgate)
+      for status in 200 304; do
+        pg_tag=""
+        ng_tag=""
+        [[ "$status" == 304 ]] && { pg_tag="$pg_etag"; ng_tag="$ng_etag"; }
+        for server in "${order[@]}"; do
+          if [[ "$server" == nginx ]]; then
+            run_case "$round" "$variant" nginx "images-$status" "$ng_base/images/$KEY.png" "$ng_tag" "$wrk_cpus"
+          else
+            run_case "$round" "$variant" pixelgate "images-$status" "$pg_base/images/$KEY.png" "$pg_tag" "$wrk_cpus"
+            run_case "$round" "$variant" pixelgate "generate-$status" "$pg_base/generate-image?$PROMPT_QUERY" \
+              "$pg_tag" "$wrk_cpus"
+          fi
+        done
+      done
+    done
+    stop_pixelgate
     stop_nginx
   done
 
@@ -544,6 +578,7 @@ Started $STARTED_AT. Raw wrk output: \`$OUT/raw\`.
 ## Settings
 
 wrk: $WRK_THREADS thread, $CONNECTIONS keep-alive connections, $WARMUP warm-up run (discarded), then $DURATION measured.
+Rounds: $ROUNDS; in each, every case runs once on each server, pixelgate first in odd rounds and nginx first in even ones.
 Variant 1t: pixelgate \`threads = 1\` / nginx \`worker_processes 1\`, server pinned to CPU 0 and wrk to CPU 1 with \`taskset\`.
 Variant 2t: pixelgate \`threads = 2\` / nginx \`worker_processes 2\`, nothing pinned.
 Server CPU and wrk CPU are user+system time over the measured run, in percent of one core. Other CPU is the user+system
@@ -553,36 +588,50 @@ $OTHER_CPU_MAX%. A run that was not quiet was repeated, up to $MAX_ATTEMPTS atte
 
 ## Results
 
-| Variant | Server | Case | Path | HTTP | Requests/s | p99 (ms) | Bytes/response | Server CPU % | wrk CPU % | Other CPU % | Quiet | Attempt | Errors |
-|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|
+In the order measured.
+
+| Variant | Round | Server | Case | Path | HTTP | Requests/s | p99 (ms) | Bytes/response | Server CPU % | wrk CPU % | Other CPU % | Quiet | Attempt | Errors |
+|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|
 EOF
   for row in "${ROWS[@]}"; do
-    IFS='|' read -r v s c p st rps p99 bytes scpu wcpu ocpu quiet attempt err <<<"$row"
+    IFS='|' read -r v s c p st rps p99 bytes scpu wcpu ocpu quiet attempt err round <<<"$row"
     short_path="$p"
     [[ ${#short_path} -gt 40 ]] && short_path="${short_path:0:16}…${short_path: -12}"
-    printf '| %s | %s | %s | `%s` | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
-      "$v" "$s" "$c" "$short_path" "$st" "$rps" "$p99" "$bytes" "$scpu" "$wcpu" "$ocpu" "$quiet" "$attempt" "$err"
+    printf '| %s | %s | %s | %s | `%s` | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
+      "$v" "$round" "$s" "$c" "$short_path" "$st" "$rps" "$p99" "$bytes" "$scpu" "$wcpu" "$ocpu" "$quiet" "$attempt" "$err"
   done
 
   cat <<EOF
 
 ## pixelgate / nginx
 
-Both pixelgate routes are compared with nginx serving the file at /images/.
+Both pixelgate routes are compared with nginx serving the file at /images/. Requests/s and p99 are medians over
+the $ROUNDS rounds, and the ratios are ratios of those medians. "Rounds won" compares the two servers within each
+round: rounds where pixelgate served at least as many requests per second, and rounds where its p99 was at most
+nginx's. "Quiet runs" counts the runs of both servers that were quiet.
 
-| Variant | pixelgate case | pixelgate req/s | nginx req/s | req/s ratio | pixelgate p99 (ms) | nginx p99 (ms) | p99 ratio | Both quiet |
-|---|---|---:|---:|---:|---:|---:|---:|---|
+| Variant | pixelgate case | pixelgate req/s | nginx req/s | req/s ratio | pixelgate p99 (ms) | nginx p99 (ms) | p99 ratio | Rounds won, req/s | Rounds won, p99 | Quiet runs |
+|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 EOF
+  local pg_rps ng_rps pg_p99 ng_p99 pg_quiet ng_quiet
   for variant in $VARIANTS; do
     for case_name in images-200 generate-200 images-304 generate-304; do
-      pg="$(find_row "$variant" pixelgate "$case_name")"
-      ng="$(find_row "$variant" nginx "images-${case_name##*-}")"
-      [[ -n "$pg" && -n "$ng" ]] || continue
-      awk -v v="$variant" -v c="$case_name" -v pr="$(field "$pg" 6)" -v nr="$(field "$ng" 6)" \
-        -v pl="$(field "$pg" 7)" -v nl="$(field "$ng" 7)" \
-        -v q="$([[ "$(field "$pg" 12)" == yes && "$(field "$ng" 12)" == yes ]] && echo yes || echo no)" 'BEGIN {
-          printf "| %s | %s | %s | %s | %.2f | %s | %s | %s | %s |\n", v, c, pr, nr, pr / nr, pl, nl,
-            (nl > 0 ? sprintf("%.2f", pl / nl) : "n/a"), q }'
+      pg_rps="$(round_values "$variant" pixelgate "$case_name" 6)"
+      ng_rps="$(round_values "$variant" nginx "images-${case_name##*-}" 6)"
+      [[ -n "$pg_rps" && -n "$ng_rps" ]] || continue
+      pg_p99="$(round_values "$variant" pixelgate "$case_name" 7)"
+      ng_p99="$(round_values "$variant" nginx "images-${case_name##*-}" 7)"
+      pg_quiet="$(round_values "$variant" pixelgate "$case_name" 12 | grep -c '^yes$' || true)"
+      ng_quiet="$(round_values "$variant" nginx "images-${case_name##*-}" 12 | grep -c '^yes$' || true)"
+      # Rounds are listed in the same order for both servers.
+      awk -v v="$variant" -v c="$case_name" \
+        -v pr="$(median <<<"$pg_rps")" -v nr="$(median <<<"$ng_rps")" \
+        -v pl="$(median <<<"$pg_p99")" -v nl="$(median <<<"$ng_p99")" \
+        -v rps_won="$(paste -d' ' <(echo "$pg_rps") <(echo "$ng_rps") | awk '$1 >= $2 { n++ } END { printf "%d of %d", n, NR }')" \
+        -v p99_won="$(paste -d' ' <(echo "$pg_p99") <(echo "$ng_p99") | awk '$1 <= $2 { n++ } END { printf "%d of %d", n, NR }')" \
+        -v quiet="$((pg_quiet + ng_quiet)) of $(($(wc -l <<<"$pg_rps") + $(wc -l <<<"$ng_rps")))" 'BEGIN {
+          printf "| %s | %s | %s | %s | %.2f | %s | %s | %s | %s | %s | %s |\n", v, c, pr, nr, pr / nr, pl, nl,
+            (nl > 0 ? sprintf("%.2f", pl / nl) : "n/a"), rps_won, p99_won, quiet }'
     done
   done
 
