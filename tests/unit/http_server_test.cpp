@@ -145,6 +145,62 @@ TEST(HttpServer, PipelinedRequestsAnsweredInOrder) {
   EXPECT_EQ(body_of(responses[2]), "/three");
 }
 
+// After each response the server comes back for the next request later,
+// tries once more if nothing has arrived, and then waits for the socket. A
+// request must be served whichever of those finds it: at once, split in two
+// with a pause, or after a long pause.
+TEST(HttpServer, KeepAliveRequestsAfterPauses) {
+  RunningServer server([](Request&& request, Responder responder) { responder.send(text(request.path)); });
+  Client client(server.port());
+
+  client.send("GET /first HTTP/1.1\r\nHost: a\r\n\r\n");
+  auto responses = client.read_responses(1);
+  ASSERT_EQ(responses.size(), 1u);
+  EXPECT_EQ(body_of(responses[0]), "/first");
+
+  client.send("GET /split HTTP/1.1\r\nHo");
+  std::this_thread::sleep_for(30ms);
+  client.send("st: a\r\n\r\n");
+  responses = client.read_responses(1);
+  ASSERT_EQ(responses.size(), 1u);
+  EXPECT_EQ(body_of(responses[0]), "/split");
+
+  std::this_thread::sleep_for(100ms);
+  client.send("GET /late HTTP/1.1\r\nHost: a\r\n\r\n");
+  responses = client.read_responses(1);
+  ASSERT_EQ(responses.size(), 1u);
+  EXPECT_EQ(body_of(responses[0]), "/late");
+}
+
+// Many connections on one thread, each sending its next request as soon as
+// it has read a response, so resumed reads succeed, miss and retry in every
+// mix. Every request must get its own response.
+TEST(HttpServer, ConcurrentKeepAliveClientsAllServed) {
+  ServerOptions options;
+  options.threads = 1;
+  RunningServer server([](Request&& request, Responder responder) { responder.send(text(request.path)); },
+                       options);
+  constexpr int kClients = 16;
+  constexpr int kRequests = 200;
+  std::vector<int> served(kClients, 0);
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kClients; ++c) {
+    clients.emplace_back([&, c] {
+      Client client(server.port());
+      for (int i = 0; i < kRequests; ++i) {
+        const std::string path = "/c" + std::to_string(c) + "/r" + std::to_string(i);
+        client.send("GET " + path + " HTTP/1.1\r\nHost: a\r\n\r\n");
+        const auto responses = client.read_responses(1);
+        if (responses.size() != 1 || body_of(responses[0]) != path) return;
+        ++served[c];
+        if (i % 50 == 49) std::this_thread::sleep_for(5ms);
+      }
+    });
+  }
+  for (auto& thread : clients) thread.join();
+  for (int c = 0; c < kClients; ++c) EXPECT_EQ(served[c], kRequests) << "client " << c;
+}
+
 TEST(HttpServer, ReceivesLengthAndChunkedBodies) {
   RunningServer server([](Request&& request, Responder responder) {
     responder.send(text(request.method + " " + request.body));
