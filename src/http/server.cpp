@@ -367,8 +367,8 @@ class Session final : public std::enable_shared_from_this<Session>, public Respo
 
   // How often a connection whose resumed read found nothing is queued once
   // more before it waits for the reactor. Under load most resumed reads
-  // succeed: about 96% in bench/cache_hits.sh's 304 case with one thread,
-  // counted with a temporary counter. A miss that waits for the reactor is
+  // succeed: about 96% in a one-thread 304 run with bench/cache_hits.sh's
+  // wrk settings, counted with a temporary counter. A miss that waits for the reactor is
   // seen at the next epoll_wait, which Asio runs once per round of the
   // queue, and is then queued behind every connection already waiting, so it
   // can wait almost two rounds. Another try comes back after one round.
