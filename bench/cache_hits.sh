@@ -9,9 +9,9 @@
 #
 # Both servers run side by side and the cases alternate between them, round
 # after round (ROUNDS, default 5), with the order flipped every round. A
-# virtual machine's speed drifts by several percent over minutes, so measuring
-# all of one server first and then all of the other would compare two
-# different machines. The summary gives the median of the rounds for each case
+# virtual machine's speed can change by tens of percent within minutes, so
+# measuring all of one server first and then all of the other would compare
+# two different machines. The summary gives the median of the rounds for each case
 # and counts the rounds each server won.
 #
 # Variants:
@@ -514,7 +514,7 @@ main() {
       *) die "unknown variant $variant (use 1t or 2t)" ;;
     esac
 
-    # Both servers stay up for the whole variant; only the one under load
+    # Both servers stay up for the whole variant. Only the one under load
     # uses the CPU.
     start_pixelgate "$threads" "$server_cpus"
     prepare_image
@@ -522,7 +522,7 @@ main() {
     local pg_base="http://127.0.0.1:$PIXELGATE_PORT" ng_base="http://127.0.0.1:$NGINX_PORT"
     local pg_etag="\"$KEY\"" ng_etag
     ng_etag="$(nginx_etag)"
-    [[ -n "$ng_etag" ]] || die "nginx sent no ETag"
+    [[ -n "$ng_etag" ]] || die "nginx sent no ETag for /images/$KEY.png; see $WORK/nginx-*/error.log"
     record "curl -sI '$ng_base/images/$KEY.png'   # nginx ETag: $ng_etag"
 
     local round status server pg_tag ng_tag

@@ -365,8 +365,8 @@ class Session final : public std::enable_shared_from_this<Session>, public Respo
     }
   }
 
-  // How often a connection whose resumed read found nothing is queued once
-  // more before it waits for the reactor. Under load most resumed reads
+  // Number of extra tries for a resumed read that found nothing, before the
+  // connection waits for the reactor. Under load most resumed reads
   // succeed: about 96% in a one-thread 304 run with bench/cache_hits.sh's
   // wrk settings, counted with a temporary counter. A miss that waits for the reactor is
   // seen at the next epoll_wait, which Asio runs once per round of the
